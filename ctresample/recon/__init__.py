@@ -1,0 +1,1 @@
+"""Reconstruction methods and the method registry."""
