@@ -38,7 +38,7 @@ class _Forward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, op):
         ctx.op = op
-        return op._apply(x, transpose=False)
+        return op._project(x, transpose=False)
 
     @staticmethod
     def backward(ctx, grad):
@@ -49,7 +49,7 @@ class _Adjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, op):
         ctx.op = op
-        return op._apply(y, transpose=True)
+        return op._project(y, transpose=True)
 
     @staticmethod
     def backward(ctx, grad):
@@ -181,7 +181,7 @@ class ParallelBeamProjector(nn.Module):
             self._cache[key] = mats
         return mats
 
-    def _apply(self, t: torch.Tensor, transpose: bool) -> torch.Tensor:
+    def _project(self, t: torch.Tensor, transpose: bool) -> torch.Tensor:
         g = self.geometry
         lead = t.shape[:-2]
         out_dtype = t.dtype

@@ -1,0 +1,73 @@
+"""Shared timing and peak-memory helpers for the benchmarks (CPU: RSS sampled in a thread)."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from contextlib import contextmanager
+
+import torch
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * _PAGE
+
+
+@contextmanager
+def peak_memory(device: str = "cpu"):
+    """Yields a dict whose ``"peak"`` is the peak extra memory (bytes) used inside the block.
+
+    CPU: resident set size sampled every 0.5 ms, minus the RSS at entry.
+    CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation at entry.
+    """
+    result = {"peak": 0}
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        yield result
+        torch.cuda.synchronize()
+        result["peak"] = torch.cuda.max_memory_allocated() - base
+        return
+    base = rss_bytes()
+    peak = [base]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(0.0005)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        th.join()
+        peak[0] = max(peak[0], rss_bytes())
+        result["peak"] = peak[0] - base
+
+
+def timeit(fn, repeat: int = 5, warmup: int = 1, device: str = "cpu") -> float:
+    """Median wall time of ``fn()`` in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def fmt_mb(n: int) -> str:
+    return f"{n / 2**20:.1f}"
