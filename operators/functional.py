@@ -19,7 +19,7 @@ import torch
 
 from .geometry import ParallelBeamGeometry
 
-__all__ = ["joseph_matrix", "view_chunks", "ramp_filter_response", "FILTERS"]
+__all__ = ["joseph_entries", "joseph_matrix", "view_chunks", "ramp_filter_response", "FILTERS"]
 
 # Target number of (view, detector, step) samples per construction chunk: bounds the
 # temporaries while building a matrix (about 8 float64/int64 arrays of this length).
@@ -35,7 +35,7 @@ def view_chunks(geom: ParallelBeamGeometry, max_nnz: int | None = None) -> list[
     return [slice(s, min(s + step, geom.n_views)) for s in range(0, geom.n_views, step)]
 
 
-def _joseph_entries(geom: ParallelBeamGeometry, angles: np.ndarray, row_offset: int):
+def joseph_entries(geom: ParallelBeamGeometry, angles: np.ndarray, row_offset: int = 0):
     """COO entries (ray index, pixel index, weight) for the given view angles.
 
     Ray index counts from ``row_offset`` views, i.e. the entries of ``angles[v]`` use rays
@@ -113,7 +113,7 @@ def joseph_matrix(
     angles = geom.view_angles()[views]
     n_rays = len(angles) * geom.n_detectors
     n_pix = geom.image_shape[0] * geom.image_shape[1]
-    rows, cols, vals = _joseph_entries(geom, angles, 0)
+    rows, cols, vals = joseph_entries(geom, angles)
     if transpose:
         rows, cols = cols, rows
         shape = (n_pix, n_rays)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .functional import FILTERS, joseph_matrix, ramp_filter_response, view_chunks
+from .functional import FILTERS, joseph_entries, joseph_matrix, ramp_filter_response, view_chunks
 from .geometry import ParallelBeamGeometry
 
 __all__ = ["ParallelBeamProjector", "fbp", "projector_for"]
@@ -195,10 +195,16 @@ class ParallelBeamProjector(nn.Module):
             cols = t.reshape(n_batch, g.n_views * n_det).to(cdt).T.contiguous()  # (V*D, N)
             out = torch.zeros(g.image_shape[0] * g.image_shape[1], n_batch, dtype=cdt, device=t.device)
         for sl, mat in self._matrices(cdt, transpose):
-            if mat is None:
-                mat = joseph_matrix(g, sl, dtype=cdt, transpose=transpose).to(t.device)
             rays = slice(sl.start * n_det, sl.stop * n_det)
-            if not transpose:
+            if mat is None:
+                # Too large to cache: scatter the chunk's entries directly (no CSR sort).
+                r, c, v = (e.to(t.device) for e in joseph_entries(g, g.view_angles()[sl]))
+                v = v.to(cdt)[:, None]
+                if not transpose:
+                    out[rays] = torch.zeros_like(out[rays]).index_add_(0, r, v * cols[c])
+                else:
+                    out.index_add_(0, c, v * cols[rays][r])
+            elif not transpose:
                 out[rays] = mat @ cols
             else:
                 out += mat @ cols[rays]
