@@ -28,18 +28,11 @@ import yaml
 
 
 def metrics(rec_hu: np.ndarray, ref_hu: np.ndarray) -> dict:
-    from skimage.metrics import structural_similarity
+    """PSNR/SSIM on the HU window scaled to [0, 1] and RMSE in HU (:mod:`ctresample.metrics`)."""
+    from ctresample.metrics import slice_metrics
 
-    from ctresample.models.normalization import HU_MAX, HU_MIN, hu_to_zero_one
-
-    rec = hu_to_zero_one(np.clip(rec_hu, HU_MIN, HU_MAX))
-    ref = hu_to_zero_one(np.clip(ref_hu, HU_MIN, HU_MAX))
-    mse = float(np.mean((rec - ref) ** 2))
-    return {
-        "psnr": 10 * np.log10(1.0 / max(mse, 1e-12)),
-        "ssim": float(structural_similarity(ref, rec, data_range=1.0)),
-        "rmse_hu": float(np.sqrt(np.mean((np.clip(rec_hu, HU_MIN, HU_MAX) - np.clip(ref_hu, HU_MIN, HU_MAX)) ** 2))),
-    }
+    m = slice_metrics(rec_hu, ref_hu)
+    return {"psnr": m["psnr"], "ssim": m["ssim"], "rmse_hu": m["rmse_hu"]}
 
 
 def parse_method(spec: str):

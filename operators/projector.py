@@ -137,6 +137,14 @@ class ParallelBeamProjector(nn.Module):
     def extra_repr(self) -> str:
         return repr(self.geometry)
 
+    def cached_bytes(self) -> int:
+        """Memory held by the cached system matrices (all devices and dtypes), in bytes."""
+        total = 0
+        for mats in self._cache.values():
+            for _, m in mats:
+                total += sum(t.numel() * t.element_size() for t in (m.crow_indices(), m.col_indices(), m.values()))
+        return total
+
     # ------------------------------------------------------------------ internals
     @property
     def device(self) -> torch.device:
