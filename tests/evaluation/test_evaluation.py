@@ -125,7 +125,7 @@ def test_report_files_exist_and_parse(tiny_slices, tmp_path):
 
 
 def test_same_seeds_for_every_method_and_resume(tiny_slices, tiny_prior, tmp_path):
-    cfg = {"num_inference_steps": 3, "cg_max_iter": 2}
+    cfg = {"num_inference_steps": 3, "cg_max_iter": 2, "warm_start": "none"}  # NFE = steps
     specs = parse_methods("a=resample,b=resample,fbp", {"a": cfg, "b": cfg})
     kw = {"resample": {"prior": tiny_prior}}
     settings = EvaluationSettings(methods=specs, views=(8,), batch_size=2, figure_slices=1, quiet=True)
@@ -155,7 +155,7 @@ def test_same_seeds_for_every_method_and_resume(tiny_slices, tiny_prior, tmp_pat
 
 
 def test_latent_methods_samples_and_uncertainty(tiny_slices, tiny_prior, tmp_path):
-    specs = parse_methods("fbp,latent-dps,resample", {"resample": {"num_inference_steps": 3, "cg_max_iter": 2},
+    specs = parse_methods("fbp,latent-dps,resample", {"resample": {"num_inference_steps": 3, "cg_max_iter": 2, "warm_start": "none"},
                                                       "latent-dps": {"num_inference_steps": 2}})
     settings = EvaluationSettings(methods=specs, views=(8,), samples=2, batch_size=3, figure_slices=2, quiet=True)
     report = evaluate(tiny_slices, tmp_path / "u", settings,

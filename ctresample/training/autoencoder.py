@@ -1,0 +1,227 @@
+"""Train the slice autoencoder (diffusers ``AutoencoderKL``) with accelerate.
+
+Loss: ``L1(D(z), x) + kl_weight * KL(q(z|x) || N(0, I)) / (H * W)`` on slices normalised to
+[-1, 1], ``z`` sampled from the posterior (the LDM recipe without the perceptual/GAN
+terms, which need pretrained networks we do not have offline). The KL term only keeps the
+latent bounded; the diffusion stage rescales latents to unit variance anyway.
+
+The same code runs on CPU, one GPU, or ``accelerate launch`` on many devices. Progress is
+kept in ``<output_dir>/checkpoint.pt`` (resume with ``resume=True``); the EMA weights are
+exported to ``<output_dir>/vae`` (diffusers layout) at the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import load_config, save_config
+from .common import (EMA, RunClock, hardware_summary, infinite_loader, load_checkpoint, make_accelerator,
+                     plot_losses, rng_state, save_checkpoint, set_rng_state, write_json)
+from .data import Augment, SliceDataset, build_cache, load_cache
+
+__all__ = ["AutoencoderTrainConfig", "train_autoencoder", "psnr_01", "lr_factor"]
+
+
+def _default_vae() -> dict:
+    # f4 (3 blocks), 4 latent channels; small channels keep the decoder cheap for ReSample,
+    # which back-propagates through it hundreds of times per slice
+    return dict(block_out_channels=[24, 48, 64], layers_per_block=1, latent_channels=4, norm_num_groups=8,
+                mid_block_add_attention=False, sample_size=256)
+
+
+@dataclass(frozen=True)
+class AutoencoderTrainConfig:
+    """Settings of :func:`train_autoencoder` (YAML: ``configs/train_autoencoder.yaml``)."""
+
+    output_dir: str = "runs/autoencoder"
+    data_root: str | None = None        # None: <repo>/../shared/data/ct
+    split_file: str | None = None       # None: configs/data_split.yaml
+    cache_dir: str | None = None        # None: <repo>/runs/cache
+    image_size: int = 256
+    vae: dict = field(default_factory=_default_vae)
+    augment: Augment = field(default_factory=Augment)
+    crop: int = 96                      # training crop (px); the model is fully convolutional
+    batch_size: int = 8
+    lr: float = 5e-4
+    lr_final_fraction: float = 0.1      # cosine decay to lr * this over the step/time budget
+    warmup_steps: int = 100
+    kl_weight: float = 1e-6
+    ema_decay: float = 0.999
+    max_steps: int = 100_000
+    max_minutes: float = 40.0           # wall-time budget across resumes (whichever ends first)
+    log_every: int = 25
+    checkpoint_every_minutes: float = 3.0
+    val_every: int = 250
+    val_slices: int = 8                 # validation slices (full size) for the PSNR monitor
+    init_vae: str | None = None         # start from these weights (a diffusers AutoencoderKL folder)
+    freeze_encoder: bool = False        # train the decoder only: latents (and a UNet trained on them) stay valid
+    seed: int = 0
+    num_threads: int | None = 2         # torch CPU threads (None: torch default)
+    mixed_precision: str = "no"         # accelerate: "no", "fp16", "bf16"
+
+
+class _AEWithKL(torch.nn.Module):
+    """``forward(x) -> (reconstruction, kl per sample)`` so accelerate/DDP wraps one call."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x):
+        post = self.vae.encode(x).latent_dist
+        rec = self.vae.decode(post.sample()).sample
+        return rec, post.kl()
+
+
+def psnr_01(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR (dB) of two [-1, 1] tensors on the [0, 1] scale (data range 1)."""
+    mse = float(((a - b) / 2).pow(2).mean())
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def lr_factor(step: int, progress: float, warmup: int, final_fraction: float) -> float:
+    """Linear warm-up, then cosine from 1 to ``final_fraction`` as ``progress`` goes 0 -> 1."""
+    if step < warmup:
+        return (step + 1) / warmup
+    p = min(max(progress, 0.0), 1.0)
+    return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def _load_split_arrays(cfg) -> tuple[np.ndarray, np.ndarray]:
+    train = load_cache(build_cache("train", cfg.data_root, cfg.split_file, cfg.cache_dir, cfg.image_size))["hu"]
+    val = load_cache(build_cache("validation", cfg.data_root, cfg.split_file, cfg.cache_dir, cfg.image_size))["hu"]
+    return train, val
+
+
+@torch.no_grad()
+def _validate(vae, val: torch.Tensor, batch: int = 4) -> float:
+    vae.eval()
+    recs = []
+    for i in range(0, len(val), batch):
+        x = val[i:i + batch]
+        recs.append(vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1))
+    return psnr_01(torch.cat(recs), val)
+
+
+def train_autoencoder(config=None, *, resume: bool = False, train_hu: np.ndarray | None = None,
+                      val_hu: np.ndarray | None = None, progress: bool = True, **overrides) -> dict:
+    """Train (or resume) the autoencoder; returns a summary dict (also ``summary.json``).
+
+    Parameters
+    ----------
+    config : None, dict, YAML path or AutoencoderTrainConfig
+    resume : bool
+        Continue from ``<output_dir>/checkpoint.pt`` if present.
+    train_hu, val_hu : ndarray (N, S, S) HU, optional
+        In-memory data instead of the cached split (tests).
+    """
+    from tqdm.auto import tqdm
+
+    from ..models.normalization import hu_to_unit
+    from ..models.prior import build_vae
+
+    cfg = load_config(AutoencoderTrainConfig, config, overrides)
+    out = Path(cfg.output_dir)
+    acc = make_accelerator(cfg.seed, cfg.num_threads, cfg.mixed_precision)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    if train_hu is None:
+        train_hu, val_from_split = _load_split_arrays(cfg)
+        val_hu = val_from_split if val_hu is None else val_hu
+    rng = np.random.default_rng(cfg.seed)
+    val_idx = np.sort(rng.choice(len(val_hu), size=min(cfg.val_slices, len(val_hu)), replace=False))
+    val = hu_to_unit(torch.from_numpy(np.asarray(val_hu[val_idx], np.float32))[:, None]).clamp(-1, 1)
+
+    if cfg.init_vae:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(cfg.init_vae, local_files_only=True, torch_dtype=torch.float32)
+    else:
+        vae = build_vae(**{**cfg.vae, "sample_size": cfg.image_size})
+    if cfg.freeze_encoder:
+        for name in ("encoder", "quant_conv"):
+            if getattr(vae, name, None) is not None:
+                getattr(vae, name).requires_grad_(False)
+    model = _AEWithKL(vae)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.99),
+                            weight_decay=0.0)
+    ds = SliceDataset(train_hu, crop=cfg.crop, augment=cfg.augment, length=max(len(train_hu), cfg.batch_size))
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=0)
+    model, opt, loader = acc.prepare(model, opt, loader)
+    ema = EMA(acc.unwrap_model(model).vae, cfg.ema_decay)
+
+    step, history, already = 0, [], 0.0
+    ckpt_path = out / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        acc.unwrap_model(model).vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        step, history, already = state["step"], state["history"], state["elapsed"]
+        set_rng_state(state["rng"])
+        acc.print(f"resumed from {ckpt_path} at step {step} ({already / 60:.1f} min done)")
+    clock = RunClock(already)
+    budget_s = cfg.max_minutes * 60.0
+
+    def save():
+        if acc.is_main_process:
+            save_checkpoint(ckpt_path, model=acc.unwrap_model(model).vae.state_dict(), optimizer=opt.state_dict(),
+                            ema=ema.state_dict(), step=step, history=history, elapsed=clock.elapsed, rng=rng_state(),
+                            config=dataclasses.asdict(cfg))
+            plot_losses(history, out / "loss.png", title="autoencoder", keys=("l1",), val_key="val_psnr")
+
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and acc.is_local_main_process),
+               desc="autoencoder", dynamic_ncols=True)
+    last_ckpt = clock.elapsed
+    data = infinite_loader(loader)
+    model.train()
+    while step < cfg.max_steps and clock.elapsed < budget_s:
+        frac = max(step / cfg.max_steps, clock.elapsed / budget_s)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * lr_factor(step, frac, cfg.warmup_steps, cfg.lr_final_fraction)
+        x = next(data)
+        with acc.autocast():
+            rec, kl = model(x)
+            l1 = (rec.float() - x).abs().mean()
+            loss = l1 + cfg.kl_weight * kl.mean() / (x.shape[-1] * x.shape[-2])
+        acc.backward(loss)
+        acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(acc.unwrap_model(model).vae)
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == 1:
+            rec_ = {"step": step, "loss": loss.item(), "l1": l1.item(), "kl": kl.mean().item(),
+                    "lr": opt.param_groups[0]["lr"], "elapsed_s": round(clock.elapsed, 1)}
+            history.append(rec_)
+            bar.set_postfix(loss=f"{rec_['loss']:.4f}")
+        if step % cfg.val_every == 0 and acc.is_main_process:
+            v = _validate(ema.model, val)
+            history.append({"step": step, "val_psnr": v, "elapsed_s": round(clock.elapsed, 1)})
+            acc.print(f"step {step}: validation PSNR (EMA, {len(val)} slices) {v:.2f} dB, "
+                      f"{clock.elapsed / 60:.1f} min")
+            model.train()
+        if clock.elapsed - last_ckpt > cfg.checkpoint_every_minutes * 60:
+            save()
+            last_ckpt = clock.elapsed
+    bar.close()
+    save()
+    summary = {"steps": step, "wall_time_s": round(clock.elapsed, 1), "hardware": hardware_summary(acc.device),
+               "num_processes": acc.num_processes, "train_slices": int(len(train_hu)),
+               "batch_size": cfg.batch_size, "crop": cfg.crop,
+               "params": sum(p.numel() for p in ema.model.parameters())}
+    if acc.is_main_process:
+        summary["val_psnr_db"] = _validate(ema.model, val)
+        ema.model.save_pretrained(out / "vae", safe_serialization=True)
+        write_json(out / "summary.json", summary)
+        acc.print(f"autoencoder: {step} steps, {summary['wall_time_s'] / 60:.1f} min, "
+                  f"validation PSNR {summary['val_psnr_db']:.2f} dB -> {out / 'vae'}")
+    acc.wait_for_everyone()
+    return summary

@@ -1,0 +1,165 @@
+"""Pieces shared by the training loops: EMA, resumable checkpoints, loss curves, run folders."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["EMA", "save_checkpoint", "load_checkpoint", "plot_losses", "hardware_summary", "RunClock",
+           "infinite_loader", "make_accelerator"]
+
+
+class EMA:
+    """Exponential moving average of a module's parameters (and buffers, copied).
+
+    ``decay_t = min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so early averages are not
+    dominated by the random initialisation.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999):
+        self.decay = float(decay)
+        self.num_updates = 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.num_updates += 1
+        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.lerp_(p.detach().to(e.dtype), 1.0 - d)
+        for e, b in zip(self.model.buffers(), model.buffers()):
+            e.copy_(b)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "num_updates": self.num_updates, "model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay = state["decay"]
+        self.num_updates = state["num_updates"]
+        self.model.load_state_dict(state["model"])
+
+
+def save_checkpoint(path, **state) -> None:
+    """Atomic ``torch.save`` (write to a temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def plot_losses(history: list[dict], path, title: str = "", keys: tuple[str, ...] = ("loss",),
+                val_key: str | None = None) -> None:
+    """Training curves (raw and smoothed) plus an optional validation metric on a twin axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not history:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    steps = np.array([h["step"] for h in history if "loss" in h])
+    for key in keys:
+        vals = np.array([h[key] for h in history if key in h], dtype=float)
+        if len(vals) == 0:
+            continue
+        s = steps[: len(vals)]
+        ax.plot(s, vals, alpha=0.25, lw=0.8)
+        k = max(1, len(vals) // 50)
+        if len(vals) > k:
+            sm = np.convolve(vals, np.ones(k) / k, mode="valid")
+            ax.plot(s[k - 1:], sm, lw=1.5, label=f"{key} (moving avg {k})")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    if val_key:
+        pts = [(h["step"], h[val_key]) for h in history if val_key in h]
+        if pts:
+            ax2 = ax.twinx()
+            ax2.plot(*zip(*pts), "o-", color="black", label=val_key)
+            ax2.set_ylabel(val_key)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def hardware_summary(device: torch.device | str | None = None) -> str:
+    """E.g. ``'CPU: 2 threads (x86_64), torch 2.x'`` or the CUDA device name."""
+    if device is not None and torch.device(device).type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(torch.device(device))}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU: {cpu}, {torch.get_num_threads()} torch threads ({os.cpu_count()} cores visible), torch {torch.__version__}"
+
+
+class RunClock:
+    """Wall time across resumes: ``elapsed`` = time already spent (from the checkpoint) + this process."""
+
+    def __init__(self, already: float = 0.0):
+        self.already = float(already)
+        self.start = time.time()
+
+    @property
+    def elapsed(self) -> float:
+        return self.already + time.time() - self.start
+
+
+def infinite_loader(loader):
+    """Cycle a DataLoader forever (each pass reshuffles)."""
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def make_accelerator(seed: int, num_threads: int | None, mixed_precision: str = "no"):
+    """An ``accelerate.Accelerator`` (CPU, one GPU, or ``accelerate launch`` multi-process), seeded."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+    acc = Accelerator(mixed_precision=mixed_precision)
+    # the loops sample with the global generators (DataLoader workers = 0); one seed per process
+    set_seed(seed, device_specific=True)
+    return acc
+
+
+def write_json(path, data) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -1,0 +1,255 @@
+"""CT slice data for training: the subject split, a one-off float16 cache, augmentation.
+
+Pipeline (once per split, cached): :func:`ctresample.io.read_image` -> 
+:func:`ctresample.preprocess.clip_padding` (outside-FOV padding -> -1024 HU) ->
+:func:`ctresample.preprocess.resample_to_grid` (model grid, default 256 x 256, the
+preprocess module's field-of-view policy) -> clip to the HU window of
+:mod:`ctresample.models.normalization` -> drop near-empty slices -> float16 HU array
+``(N, 256, 256)`` in ``<cache_dir>/<split>_<size>.npz`` with the subject of each slice.
+
+Training epochs then read only the cache. :class:`SliceDataset` returns normalised
+``[-1, 1]`` tensors ``(1, crop, crop)`` with anatomy-preserving augmentation (small
+rotations, left-right flips, mild intensity jitter, random crops).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from ..models.normalization import HU_MAX, HU_MIN, hu_to_unit
+
+__all__ = [
+    "REPO_ROOT",
+    "DEFAULT_DATA_ROOT",
+    "DEFAULT_SPLIT",
+    "Subject",
+    "load_split",
+    "load_subject_slices",
+    "build_cache",
+    "load_cache",
+    "Augment",
+    "SliceDataset",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: where the CT collection lives in this workspace (the ``--data`` default): ``<repo>/../shared/data/ct``,
+#: or ``<repo>/shared/data/ct`` where only that exists
+DEFAULT_DATA_ROOT = next((p for p in (REPO_ROOT.parent / "shared" / "data" / "ct", REPO_ROOT / "shared" / "data" / "ct")
+                          if p.is_dir()), REPO_ROOT.parent / "shared" / "data" / "ct")
+DEFAULT_SPLIT = REPO_ROOT / "configs" / "data_split.yaml"
+DEFAULT_CACHE_DIR = REPO_ROOT / "runs" / "cache"
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One subject of the split: ``path`` relative to the data root."""
+
+    id: str
+    path: str
+    per_file: bool = False
+
+
+def load_split(path=None) -> dict[str, list[Subject]]:
+    """Read ``configs/data_split.yaml`` -> ``{"train": [...], "validation": [...], "test": [...]}``.
+
+    Raises ``ValueError`` if a subject id or path appears in two splits.
+    """
+    path = Path(path) if path is not None else DEFAULT_SPLIT
+    data = yaml.safe_load(path.read_text()) or {}
+    unknown = set(data) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"{path}: unknown split(s) {sorted(unknown)}; expected {SPLITS}")
+    out = {name: [Subject(**entry) for entry in (data.get(name) or [])] for name in SPLITS}
+    seen: dict[str, str] = {}
+    for name, subjects in out.items():
+        for s in subjects:
+            for key in (s.id, s.path):
+                if key in seen and seen[key] != name:
+                    raise ValueError(f"{path}: {key!r} is in both {seen[key]!r} and {name!r}")
+                seen[key] = name
+    return out
+
+
+def load_subject_slices(subject: Subject, data_root, size: int = 256, min_body_fraction: float = 0.05):
+    """All usable axial slices of one subject on the model grid.
+
+    Returns
+    -------
+    slices : ndarray, (Z, size, size), float32, HU clipped to the window
+    info : dict
+        ``pixel_size_mm`` per image read, number of slices read and kept.
+    """
+    from ..io import read_image
+    from ..preprocess import clip_padding, resample_to_grid
+
+    root = Path(data_root) / subject.path
+    if not root.exists():
+        raise FileNotFoundError(f"subject {subject.id}: {root} does not exist")
+    sources = sorted(p for p in root.iterdir() if p.is_file()) if subject.per_file else [root]
+    kept, pixel_sizes, n_read = [], [], 0
+    for src in sources:
+        vol = read_image(src)
+        hu = clip_padding(vol.hu)
+        grid, pixel_mm = resample_to_grid(hu, vol.pixel_spacing, size=size)
+        grid = np.clip(np.asarray(grid, dtype=np.float32), HU_MIN, HU_MAX)
+        n_read += grid.shape[0]
+        # slices that are (nearly) all air teach nothing and skew the latent statistics
+        body = (grid > -900).mean(axis=(1, 2))
+        kept.append(grid[body >= min_body_fraction])
+        pixel_sizes.append(float(pixel_mm))
+    slices = np.concatenate(kept, axis=0) if kept else np.zeros((0, size, size), np.float32)
+    return slices, {"pixel_size_mm": pixel_sizes, "read": n_read, "kept": int(slices.shape[0])}
+
+
+def _cache_key(subjects: list[Subject], size: int, min_body_fraction: float) -> str:
+    # the preprocessing code is part of the key: a cache built by an older resampler is stale
+    from .. import preprocess
+
+    code = hashlib.sha1(Path(preprocess.__file__).read_bytes()).hexdigest()
+    blob = json.dumps([[s.id, s.path, s.per_file] for s in subjects] + [size, min_body_fraction, HU_MIN, HU_MAX, code])
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def build_cache(split: str = "train", data_root=None, split_file=None, cache_dir=None, size: int = 256,
+                min_body_fraction: float = 0.05, verbose: bool = True) -> Path:
+    """Read every subject of ``split`` once and store float16 HU slices; returns the ``.npz`` path.
+
+    A cache whose key (subjects, size, window) matches is reused as is.
+    """
+    data_root = Path(data_root) if data_root is not None else DEFAULT_DATA_ROOT
+    cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    subjects = load_split(split_file)[split]
+    if not subjects:
+        raise ValueError(f"split {split!r} has no subjects")
+    key = _cache_key(subjects, size, min_body_fraction)
+    out = cache_dir / f"{split}_{size}_{key}.npz"
+    if out.exists():
+        return out
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    arrays, subject_index, infos = [], [], {}
+    for i, s in enumerate(subjects):
+        slices, info = load_subject_slices(s, data_root, size=size, min_body_fraction=min_body_fraction)
+        if verbose:
+            print(f"[cache:{split}] {s.id}: kept {info['kept']}/{info['read']} slices, "
+                  f"pixel {', '.join(f'{p:.3f}' for p in sorted(set(info['pixel_size_mm'])))} mm", flush=True)
+        arrays.append(slices.astype(np.float16))
+        subject_index.append(np.full(len(slices), i, np.int16))
+        infos[s.id] = info
+    tmp = out.with_suffix(".tmp.npz")
+    np.savez(tmp, hu=np.concatenate(arrays), subject=np.concatenate(subject_index),
+             subject_ids=np.array([s.id for s in subjects]), info=json.dumps(infos))
+    tmp.rename(out)
+    return out
+
+
+def load_cache(path) -> dict:
+    """``{"hu": (N, S, S) float16, "subject": (N,) int16, "subject_ids": [...], "info": {...}}``."""
+    with np.load(path) as f:
+        return {"hu": f["hu"], "subject": f["subject"], "subject_ids": [str(s) for s in f["subject_ids"]],
+                "info": json.loads(str(f["info"]))}
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Anatomy-preserving augmentation; every range is symmetric around "no change".
+
+    Attributes
+    ----------
+    max_rotation_deg : float
+        Uniform rotation in [-a, a] degrees (patients lie roughly straight in the gantry).
+    flip_lr : bool
+        Left-right flips with probability 1/2 (anatomy is near-symmetric; situs is not
+        what the prior must learn).
+    intensity_scale : float
+        Relative jitter of attenuation above air, ``(HU + 1024) * (1 + u)``, u in [-s, s]
+        (kV / calibration differences); air stays -1024 HU.
+    intensity_shift_hu : float
+        Additive HU offset in [-s, s] applied inside the body only.
+    zoom : float
+        Isotropic rescale factor in [1 - z, 1 + z] (patient size / FOV differences).
+    """
+
+    max_rotation_deg: float = 8.0
+    flip_lr: bool = True
+    intensity_scale: float = 0.03
+    intensity_shift_hu: float = 15.0
+    zoom: float = 0.08
+
+
+class SliceDataset(torch.utils.data.Dataset):
+    """Cached slices -> augmented, normalised crops.
+
+    Parameters
+    ----------
+    hu : ndarray, (N, S, S), float16/32 HU
+    crop : int or None
+        Side of the random square crop (``None`` = the full slice).
+    augment : Augment or None
+        ``None`` disables augmentation (validation).
+    length : int or None
+        Nominal length (sampling is with replacement through the index modulo ``N``).
+
+    Items are float32 tensors ``(1, crop, crop)`` in [-1, 1] (window of
+    :mod:`ctresample.models.normalization`). Randomness comes from torch's generator of the
+    data-loading process (seeded by the training loop).
+    """
+
+    def __init__(self, hu: np.ndarray, crop: int | None = None, augment: Augment | None = Augment(),
+                 length: int | None = None):
+        self.hu = hu
+        self.crop = crop
+        self.augment = augment
+        self.length = int(length) if length is not None else len(hu)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(self.hu[index % len(self.hu)], dtype=np.float32))[None]  # (1,S,S) HU
+        if self.augment is not None:
+            x = self._augment(x)
+        if self.crop is not None and self.crop < x.shape[-1]:
+            x = self._random_crop(x)
+        return hu_to_unit(x).clamp(-1.0, 1.0)
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.augment
+        r = lambda: 2.0 * torch.rand(()).item() - 1.0  # noqa: E731  uniform [-1, 1]
+        if a.flip_lr and torch.rand(()).item() < 0.5:
+            x = x.flip(-1)
+        angle = math.radians(a.max_rotation_deg) * r()
+        scale = 1.0 + a.zoom * r()
+        if angle != 0.0 or scale != 1.0:
+            c, s = math.cos(angle) / scale, math.sin(angle) / scale
+            theta = torch.tensor([[c, -s, 0.0], [s, c, 0.0]], dtype=x.dtype)[None]
+            grid = torch.nn.functional.affine_grid(theta, (1, *x.shape), align_corners=False)
+            # resample attenuation above air so the outside stays exactly air
+            x = torch.nn.functional.grid_sample((x - HU_MIN)[None], grid, mode="bilinear",
+                                                padding_mode="zeros", align_corners=False)[0] + HU_MIN
+        body = x > -900.0
+        x = (x - HU_MIN) * (1.0 + a.intensity_scale * r()) + HU_MIN
+        x = torch.where(body, x + a.intensity_shift_hu * r(), x)
+        return x.clamp(HU_MIN, HU_MAX)
+
+    def _random_crop(self, x: torch.Tensor) -> torch.Tensor:
+        s, c = x.shape[-1], self.crop
+        # prefer crops that contain body: a few tries, keep the one with most tissue
+        best, best_frac = None, -1.0
+        for _ in range(3):
+            i = int(torch.randint(0, s - c + 1, ()).item())
+            j = int(torch.randint(0, s - c + 1, ()).item())
+            patch = x[..., i:i + c, j:j + c]
+            frac = float((patch > -900).float().mean())
+            if frac > best_frac:
+                best, best_frac = patch, frac
+            if frac > 0.3:
+                break
+        return best

@@ -1,0 +1,258 @@
+"""Train the latent denoiser ``eps_theta(z_t, t)`` (diffusers ``UNet2DModel``) with accelerate.
+
+1. The training slices are encoded once with the trained autoencoder (posterior mean;
+   ``encode_copies`` augmented copies per slice: the first plain, the second flipped, the
+   rest with random rotation/zoom/intensity jitter), cached in ``<output_dir>/latents.pt``.
+2. ``latent_scale = 1 / std(latents)`` so scaled latents have unit variance (what the
+   noise schedule assumes), stored with the prior.
+3. Standard DDPM epsilon loss: ``t ~ U{0..T-1}``, ``z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps``,
+   ``|| eps - eps_theta(z_t, t) ||^2``.
+
+The EMA weights are exported with the autoencoder as a complete
+:class:`~ctresample.models.prior.LatentDiffusionPrior` in ``<output_dir>/prior``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import load_config, save_config
+from .common import (EMA, RunClock, hardware_summary, infinite_loader, load_checkpoint, make_accelerator,
+                     plot_losses, rng_state, save_checkpoint, set_rng_state, write_json)
+from .data import Augment, SliceDataset, build_cache, load_cache
+
+__all__ = ["DiffusionTrainConfig", "train_diffusion", "encode_slices"]
+
+
+def _default_unet() -> dict:
+    # ResNet blocks at 64 and 32, self-attention only at the lowest resolution (16x16 tokens)
+    return dict(block_out_channels=[64, 128, 192], layers_per_block=1,
+                down_block_types=["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
+                up_block_types=["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+                attention_head_dim=32, norm_num_groups=32)
+
+
+@dataclass(frozen=True)
+class DiffusionTrainConfig:
+    """Settings of :func:`train_diffusion` (YAML: ``configs/train_diffusion.yaml``)."""
+
+    output_dir: str = "runs/diffusion"
+    autoencoder: str = "runs/autoencoder/vae"   # diffusers AutoencoderKL folder (from `train autoencoder`)
+    data_root: str | None = None
+    split_file: str | None = None
+    cache_dir: str | None = None
+    image_size: int = 256
+    unet: dict = field(default_factory=_default_unet)
+    scheduler: dict = field(default_factory=dict)  # DDIMScheduler overrides (default: T=1000, LDM betas)
+    encode_copies: int = 4              # augmented copies of each slice encoded once
+    augment: Augment = field(default_factory=Augment)
+    latent_crop: int | None = None      # random square latent crops (None: full latents)
+    batch_size: int = 8
+    lr: float = 2e-4
+    lr_final_fraction: float = 0.2
+    warmup_steps: int = 200
+    ema_decay: float = 0.995
+    max_steps: int = 200_000
+    max_minutes: float = 60.0
+    log_every: int = 25
+    checkpoint_every_minutes: float = 3.0
+    seed: int = 0
+    num_threads: int | None = 2
+    mixed_precision: str = "no"
+    export_fp16: bool = False           # the exported prior in float16 (halves its size)
+
+
+@torch.no_grad()
+def encode_slices(vae, hu: np.ndarray, copies: int, augment: Augment, batch: int = 16,
+                  generator_seed: int = 0, device=None) -> torch.Tensor:
+    """Raw posterior-mean latents ``(N * copies, c, h, w)`` float32 of HU slices ``(N, S, S)``."""
+    device = device or next(vae.parameters()).device
+    plain = SliceDataset(hu, crop=None, augment=None)
+    aug = SliceDataset(hu, crop=None, augment=augment)
+    state = torch.get_rng_state()
+    torch.manual_seed(generator_seed)
+    items = []
+    for k in range(copies):
+        for i in range(len(hu)):
+            if k == 0:
+                items.append(plain[i])
+            elif k == 1:
+                items.append(plain[i].flip(-1))
+            else:
+                items.append(aug[i])
+    torch.set_rng_state(state)
+    out = []
+    for i in range(0, len(items), batch):
+        x = torch.stack(items[i:i + batch]).to(device)
+        out.append(vae.encode(x).latent_dist.mean.float().cpu())
+    return torch.cat(out)
+
+
+def _latents(cfg, vae, train_hu, out: Path, acc) -> torch.Tensor:
+    ae_dir = Path(cfg.autoencoder)
+    weights = next(iter(sorted(ae_dir.glob("*.safetensors"))), None) if ae_dir.is_dir() else None
+    key = {"autoencoder": str(ae_dir.resolve()), "mtime": weights.stat().st_mtime if weights else None,
+           "copies": cfg.encode_copies, "n": int(len(train_hu)), "augment": dataclasses.asdict(cfg.augment),
+           # content fingerprint: a re-built slice cache (other preprocessing) must be re-encoded
+           "data": hashlib.sha1(np.ascontiguousarray(train_hu[::7]).tobytes()).hexdigest()}
+    path = out / "latents.pt"
+    if path.exists():
+        blob = torch.load(path, map_location="cpu")
+        if blob.get("key") == key:
+            return blob["latents"]
+    acc.print(f"encoding {len(train_hu)} slices x {cfg.encode_copies} copies with {ae_dir} ...")
+    lat = encode_slices(vae, train_hu, cfg.encode_copies, cfg.augment, generator_seed=cfg.seed, device=acc.device)
+    if acc.is_main_process:
+        torch.save({"key": key, "latents": lat.half()}, path)
+    return lat.half()
+
+
+class _LatentDataset(torch.utils.data.Dataset):
+    def __init__(self, latents: torch.Tensor, crop: int | None):
+        self.latents, self.crop = latents, crop
+
+    def __len__(self):
+        return len(self.latents)
+
+    def __getitem__(self, i):
+        z = self.latents[i].float()
+        if self.crop is not None and self.crop < z.shape[-1]:
+            s = z.shape[-1] - self.crop + 1
+            a, b = int(torch.randint(0, s, ()).item()), int(torch.randint(0, s, ()).item())
+            z = z[:, a:a + self.crop, b:b + self.crop]
+        return z
+
+
+def train_diffusion(config=None, *, resume: bool = False, train_hu: np.ndarray | None = None, vae=None,
+                    progress: bool = True, **overrides) -> dict:
+    """Train (or resume) the latent UNet; exports the complete prior to ``<output_dir>/prior``.
+
+    ``train_hu`` (N, S, S) HU and ``vae`` (an AutoencoderKL) replace the cached split and
+    ``config.autoencoder`` (tests).
+    """
+    from diffusers import AutoencoderKL
+    from tqdm.auto import tqdm
+
+    from ..models.prior import LatentDiffusionPrior, build_scheduler, build_unet
+
+    cfg = load_config(DiffusionTrainConfig, config, overrides)
+    out = Path(cfg.output_dir)
+    acc = make_accelerator(cfg.seed, cfg.num_threads, cfg.mixed_precision)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    if vae is None:
+        vae = AutoencoderKL.from_pretrained(cfg.autoencoder, local_files_only=True, torch_dtype=torch.float32)
+    vae = vae.to(acc.device).eval().requires_grad_(False)
+    if train_hu is None:
+        train_hu = load_cache(build_cache("train", cfg.data_root, cfg.split_file, cfg.cache_dir, cfg.image_size))["hu"]
+    import time
+
+    t_enc = time.time()
+    raw = _latents(cfg, vae, train_hu, out, acc)
+    encode_s = round(time.time() - t_enc, 1)
+    latent_scale = float(1.0 / raw.float().std())
+    latents = (raw.float() * latent_scale).half()
+    acc.print(f"latents {tuple(latents.shape)}, latent_scale {latent_scale:.4f}")
+
+    c, h = latents.shape[1], latents.shape[-1]
+    unet = build_unet(**{"sample_size": h, "in_channels": c, "out_channels": c, **cfg.unet})
+    scheduler = build_scheduler(**cfg.scheduler)
+    abar = scheduler.alphas_cumprod.to(acc.device, torch.float32)
+    T = scheduler.config.num_train_timesteps
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
+    ds = _LatentDataset(latents, cfg.latent_crop)
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=0)
+    unet, opt, loader = acc.prepare(unet, opt, loader)
+    ema = EMA(acc.unwrap_model(unet), cfg.ema_decay)
+
+    step, history, already = 0, [], 0.0
+    ckpt_path = out / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        acc.unwrap_model(unet).load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        step, history, already = state["step"], state["history"], state["elapsed"]
+        set_rng_state(state["rng"])
+        acc.print(f"resumed from {ckpt_path} at step {step} ({already / 60:.1f} min done)")
+    clock = RunClock(already)
+    budget_s = cfg.max_minutes * 60.0
+
+    def save():
+        if acc.is_main_process:
+            save_checkpoint(ckpt_path, model=acc.unwrap_model(unet).state_dict(), optimizer=opt.state_dict(),
+                            ema=ema.state_dict(), step=step, history=history, elapsed=clock.elapsed, rng=rng_state(),
+                            config=dataclasses.asdict(cfg), latent_scale=latent_scale)
+            plot_losses(history, out / "loss.png", title="latent diffusion (epsilon MSE)")
+            # a usable prior at every checkpoint, so sampling work need not wait for the end
+            export(out / "prior")
+
+    def export(path):
+        prior = LatentDiffusionPrior(copy.deepcopy(vae).cpu(), copy.deepcopy(ema.model).cpu(), scheduler,
+                                     latent_scale=latent_scale, image_size=cfg.image_size)
+        run_info = {"steps": step, "wall_time_s": round(clock.elapsed, 1), "latent_scale": latent_scale,
+                    "hardware": hardware_summary(acc.device), "num_processes": acc.num_processes,
+                    "batch_size": cfg.batch_size, "training_latents": list(latents.shape),
+                    "latent_encoding_s": encode_s}
+        extra = {"diffusion_training": run_info}
+        ae_summary = Path(cfg.autoencoder).parent / "summary.json"
+        if ae_summary.is_file():
+            extra["autoencoder_training"] = json.loads(ae_summary.read_text())
+        prior.save_pretrained(path, fp16=cfg.export_fp16, extra=extra)
+
+    from .autoencoder import lr_factor
+
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and acc.is_local_main_process),
+               desc="diffusion", dynamic_ncols=True)
+    last_ckpt = clock.elapsed
+    data = infinite_loader(loader)
+    unet.train()
+    while step < cfg.max_steps and clock.elapsed < budget_s:
+        frac = max(step / cfg.max_steps, clock.elapsed / budget_s)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * lr_factor(step, frac, cfg.warmup_steps, cfg.lr_final_fraction)
+        z0 = next(data)
+        noise = torch.randn_like(z0)
+        t = torch.randint(0, T, (z0.shape[0],), device=z0.device)
+        a = abar[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        with acc.autocast():
+            pred = unet(zt, t).sample
+            loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        acc.backward(loss)
+        acc.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(acc.unwrap_model(unet))
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == 1:
+            history.append({"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
+                            "elapsed_s": round(clock.elapsed, 1)})
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if not progress and step % (cfg.log_every * 8) == 0:
+                recent = [hh["loss"] for hh in history[-8:] if "loss" in hh]
+                acc.print(f"step {step}: loss {np.mean(recent):.4f} (last {len(recent)} logs), "
+                          f"{clock.elapsed / 60:.1f} min", flush=True)
+        if clock.elapsed - last_ckpt > cfg.checkpoint_every_minutes * 60:
+            save()
+            last_ckpt = clock.elapsed
+    bar.close()
+    save()
+    summary = {"steps": step, "wall_time_s": round(clock.elapsed, 1), "hardware": hardware_summary(acc.device),
+               "num_processes": acc.num_processes, "latent_scale": latent_scale, "latent_encoding_s": encode_s,
+               "latents": list(latents.shape), "params": sum(p.numel() for p in ema.model.parameters())}
+    if acc.is_main_process:
+        export(out / "prior")
+        write_json(out / "summary.json", summary)
+        acc.print(f"diffusion: {step} steps, {summary['wall_time_s'] / 60:.1f} min -> {out / 'prior'}")
+    acc.wait_for_everyone()
+    return summary

@@ -1,0 +1,237 @@
+"""Train FBP-UNet (FBPConvNet) on (sparse-view FBP, full-dose slice) pairs with accelerate.
+
+Pairs are made on the fly from the cached training slices of
+:mod:`ctresample.training.data`: augment the slice (rotation, flip, intensity, zoom), simulate
+its ``n_views`` parallel-beam sinogram (optionally with Gaussian noise of a random level),
+reconstruct it with FBP, and crop the same window of input and target. Simulating after
+augmentation keeps the streak pattern physically right for rotated slices. Loss: MSE on the
+[-1, 1] window (what PSNR measures). Pixel size does not matter (FBP in HU is invariant to
+it), so the geometry uses 1 mm pixels.
+
+Run folder: ``checkpoint.pt`` (resume), ``loss.png``, ``summary.json`` and the EMA weights in
+``<output_dir>/model`` (``save_pretrained`` layout + ``fbp_unet_meta.json``); ``export_dir``
+copies them to the shipped location.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import load_config, save_config
+from .common import (EMA, RunClock, hardware_summary, infinite_loader, load_checkpoint, make_accelerator,
+                     plot_losses, rng_state, save_checkpoint, set_rng_state, write_json)
+from .data import Augment, SliceDataset, build_cache, load_cache
+
+__all__ = ["FBPUNetTrainConfig", "train_fbp_unet"]
+
+
+@dataclass(frozen=True)
+class FBPUNetTrainConfig:
+    """Settings of :func:`train_fbp_unet` (YAML: ``configs/train_fbp_unet.yaml``)."""
+
+    output_dir: str = "runs/fbp_unet"
+    export_dir: str | None = None        # also copy the final weights here (e.g. ctresample/pretrained/fbp-unet-25v)
+    data_root: str | None = None         # None: <repo>/../shared/data/ct
+    split_file: str | None = None        # None: configs/data_split.yaml
+    cache_dir: str | None = None         # None: <repo>/runs/cache
+    image_size: int = 256
+    n_views: int = 25                    # views of the simulated sinograms (the network is tied to it)
+    fbp_filter: str = "ram-lak"
+    noise_probability: float = 0.3       # fraction of training sinograms with Gaussian noise
+    noise_max: float = 0.005             # relative sigma ~ U(0, noise_max) (as simulation's gaussian:SIGMA)
+    channels: tuple = (32, 64, 128, 256)
+    norm_groups: int = 8
+    augment: Augment = field(default_factory=Augment)
+    crop: int = 128                      # training crop of the (FBP, target) pair; the net is fully convolutional
+    batch_size: int = 8
+    lr: float = 1e-3
+    lr_final_fraction: float = 0.05
+    warmup_steps: int = 50
+    ema_decay: float = 0.995
+    max_steps: int = 100_000
+    max_minutes: float = 25.0
+    log_every: int = 25
+    checkpoint_every_minutes: float = 3.0
+    val_every: int = 200
+    val_slices: int = 8
+    seed: int = 0
+    num_threads: int | None = 2
+    mixed_precision: str = "no"
+
+
+def _psnr01(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a - b) / 2).pow(2).mean())
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def _make_pairs(x_unit: torch.Tensor, geom, cfg: FBPUNetTrainConfig, A) -> torch.Tensor:
+    """Targets ``(B, 1, S, S)`` in [-1, 1] -> FBP inputs in [-1, 1] (same shape)."""
+    from operators import fbp, hu_to_mu, mu_to_hu
+
+    from ..models.normalization import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
+
+    with torch.no_grad():
+        y = A(hu_to_mu(unit_to_hu(x_unit)))
+        if cfg.noise_probability > 0 and cfg.noise_max > 0:
+            b = y.shape[0]
+            noisy = (torch.rand(b, device=y.device) < cfg.noise_probability).float()
+            level = torch.rand(b, device=y.device) * cfg.noise_max * noisy
+            scale = (level * y.flatten(1).amax(dim=1)).view(b, 1, 1, 1)
+            y = y + scale * torch.randn_like(y)
+        hu = mu_to_hu(fbp(y, geom, cfg.fbp_filter, projector=A))
+        return hu_to_unit(hu.clamp(HU_MIN, HU_MAX))
+
+
+def _crop_pair(inp: torch.Tensor, tgt: torch.Tensor, crop: int):
+    s = inp.shape[-1]
+    if crop is None or crop >= s:
+        return inp, tgt
+    i = int(torch.randint(0, s - crop + 1, ()).item())
+    j = int(torch.randint(0, s - crop + 1, ()).item())
+    return inp[..., i:i + crop, j:j + crop], tgt[..., i:i + crop, j:j + crop]
+
+
+@torch.no_grad()
+def _validate(net, val_in: torch.Tensor, val_tgt: torch.Tensor, batch: int = 4) -> float:
+    net.eval()
+    outs = [net(val_in[i:i + batch]).clamp(-1, 1) for i in range(0, len(val_in), batch)]
+    return _psnr01(torch.cat(outs), val_tgt)
+
+
+def train_fbp_unet(config=None, *, resume: bool = False, train_hu: np.ndarray | None = None,
+                   val_hu: np.ndarray | None = None, progress: bool = True, **overrides) -> dict:
+    """Train (or resume) FBP-UNet; returns a summary dict (also ``summary.json``).
+
+    Parameters
+    ----------
+    config : None, dict, YAML path or FBPUNetTrainConfig
+    resume : bool
+        Continue from ``<output_dir>/checkpoint.pt`` if present.
+    train_hu, val_hu : ndarray (N, S, S) HU, optional
+        In-memory data instead of the cached split (tests).
+    """
+    from tqdm.auto import tqdm
+
+    from operators import ParallelBeamGeometry, projector_for
+
+    from ..models.fbp_unet import _META, FBPConvNet
+    from ..models.normalization import hu_to_unit
+
+    cfg = load_config(FBPUNetTrainConfig, config, overrides)
+    out = Path(cfg.output_dir)
+    acc = make_accelerator(cfg.seed, cfg.num_threads, cfg.mixed_precision)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    if train_hu is None:
+        train_hu = load_cache(build_cache("train", cfg.data_root, cfg.split_file, cfg.cache_dir, cfg.image_size))["hu"]
+    if val_hu is None:
+        val_hu = load_cache(build_cache("validation", cfg.data_root, cfg.split_file, cfg.cache_dir,
+                                        cfg.image_size))["hu"]
+    size = int(train_hu.shape[-1])
+    geom = ParallelBeamGeometry(image_size=size, pixel_size=1.0, n_views=cfg.n_views)
+    A = projector_for(geom, acc.device)
+
+    rng = np.random.default_rng(cfg.seed)
+    val_idx = np.sort(rng.choice(len(val_hu), size=min(cfg.val_slices, len(val_hu)), replace=False))
+    val_tgt = hu_to_unit(torch.from_numpy(np.asarray(val_hu[val_idx], np.float32))[:, None]).clamp(-1, 1).to(acc.device)
+    val_cfg = dataclasses.replace(cfg, noise_probability=0.0)
+    val_in = _make_pairs(val_tgt, geom, val_cfg, A)
+    fbp_psnr = _psnr01(val_in, val_tgt)
+
+    net = FBPConvNet(channels=tuple(cfg.channels), norm_groups=cfg.norm_groups)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
+    ds = SliceDataset(train_hu, crop=None, augment=cfg.augment, length=max(len(train_hu), cfg.batch_size))
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=0)
+    net, opt, loader = acc.prepare(net, opt, loader)
+    ema = EMA(acc.unwrap_model(net), cfg.ema_decay)
+
+    step, history, already = 0, [], 0.0
+    ckpt_path = out / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        acc.unwrap_model(net).load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        step, history, already = state["step"], state["history"], state["elapsed"]
+        set_rng_state(state["rng"])
+        acc.print(f"resumed from {ckpt_path} at step {step} ({already / 60:.1f} min done)")
+    clock = RunClock(already)
+    budget_s = cfg.max_minutes * 60.0
+
+    def save():
+        if acc.is_main_process:
+            save_checkpoint(ckpt_path, model=acc.unwrap_model(net).state_dict(), optimizer=opt.state_dict(),
+                            ema=ema.state_dict(), step=step, history=history, elapsed=clock.elapsed, rng=rng_state(),
+                            config=dataclasses.asdict(cfg))
+            plot_losses(history, out / "loss.png", title="fbp-unet", keys=("loss",), val_key="val_psnr")
+
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and acc.is_local_main_process),
+               desc="fbp-unet", dynamic_ncols=True)
+    last_ckpt = clock.elapsed
+    data = infinite_loader(loader)
+    net.train()
+    while step < cfg.max_steps and clock.elapsed < budget_s:
+        frac = max(step / cfg.max_steps, clock.elapsed / budget_s)
+        if step < cfg.warmup_steps:
+            f = (step + 1) / cfg.warmup_steps
+        else:
+            f = cfg.lr_final_fraction + (1 - cfg.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * f
+        tgt = next(data)
+        inp = _make_pairs(tgt, geom, cfg, A)
+        inp, tgt = _crop_pair(inp, tgt, cfg.crop)
+        with acc.autocast():
+            loss = (net(inp).float() - tgt).pow(2).mean()
+        acc.backward(loss)
+        acc.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(acc.unwrap_model(net))
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == 1:
+            history.append({"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
+                            "elapsed_s": round(clock.elapsed, 1)})
+            bar.set_postfix(loss=f"{loss.item():.2e}")
+        if step % cfg.val_every == 0 and acc.is_main_process:
+            v = _validate(ema.model, val_in, val_tgt)
+            history.append({"step": step, "val_psnr": v, "elapsed_s": round(clock.elapsed, 1)})
+            acc.print(f"step {step}: validation PSNR (EMA, {len(val_tgt)} slices) {v:.2f} dB "
+                      f"(FBP {fbp_psnr:.2f} dB), {clock.elapsed / 60:.1f} min")
+            net.train()
+        if clock.elapsed - last_ckpt > cfg.checkpoint_every_minutes * 60:
+            save()
+            last_ckpt = clock.elapsed
+    bar.close()
+    save()
+    summary = {"steps": step, "wall_time_s": round(clock.elapsed, 1), "hardware": hardware_summary(acc.device),
+               "train_slices": int(len(train_hu)), "params": sum(p.numel() for p in ema.model.parameters()),
+               "val_fbp_psnr_db": fbp_psnr}
+    if acc.is_main_process:
+        summary["val_psnr_db"] = _validate(ema.model, val_in, val_tgt)
+        model_dir = out / "model"
+        ema.model.save_pretrained(model_dir, safe_serialization=True)
+        meta = {"n_views": cfg.n_views, "fbp_filter": cfg.fbp_filter, "image_size": size,
+                "angle_range": math.pi, "noise_probability": cfg.noise_probability, "noise_max": cfg.noise_max,
+                "steps": step, "train_slices": int(len(train_hu)), "val_psnr_db": summary["val_psnr_db"],
+                "val_fbp_psnr_db": fbp_psnr}
+        (model_dir / _META).write_text(json.dumps(meta, indent=2) + "\n")
+        if cfg.export_dir:
+            dest = Path(cfg.export_dir)
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in model_dir.iterdir():
+                shutil.copy2(f, dest / f.name)
+        write_json(out / "summary.json", summary)
+        acc.print(f"fbp-unet: {step} steps, {summary['wall_time_s'] / 60:.1f} min, validation PSNR "
+                  f"{summary['val_psnr_db']:.2f} dB (FBP {fbp_psnr:.2f} dB) -> {model_dir}")
+    acc.wait_for_everyone()
+    return summary
