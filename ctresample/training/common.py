@@ -163,3 +163,19 @@ def make_accelerator(seed: int, num_threads: int | None, mixed_precision: str = 
 
 def write_json(path, data) -> None:
     Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def resume_from(ckpt_path, module, opt, ema, acc, resume: bool):
+    """Load ``checkpoint.pt`` into model/optimizer/EMA/RNG when resuming.
+
+    Returns ``(step, history, elapsed_seconds)``; ``(0, [], 0.0)`` for a fresh run.
+    """
+    if not (resume and Path(ckpt_path).exists()):
+        return 0, [], 0.0
+    state = load_checkpoint(ckpt_path)
+    module.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    ema.load_state_dict(state["ema"])
+    set_rng_state(state["rng"])
+    acc.print(f"resumed from {ckpt_path} at step {state['step']} ({state['elapsed'] / 60:.1f} min done)")
+    return state["step"], state["history"], state["elapsed"]

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from ..config import load_config, save_config
-from .common import (EMA, RunClock, hardware_summary, infinite_loader, load_checkpoint, make_accelerator,
-                     plot_losses, rng_state, save_checkpoint, set_rng_state, write_json)
+from .common import (
+    EMA, RunClock, hardware_summary, infinite_loader, make_accelerator, plot_losses, resume_from, rng_state, save_checkpoint, write_json,
+)
 from .data import Augment, SliceDataset, build_cache, load_cache
 
 __all__ = ["FBPUNetTrainConfig", "train_fbp_unet"]
@@ -153,16 +154,8 @@ def train_fbp_unet(config=None, *, resume: bool = False, train_hu: np.ndarray | 
     net, opt, loader = acc.prepare(net, opt, loader)
     ema = EMA(acc.unwrap_model(net), cfg.ema_decay)
 
-    step, history, already = 0, [], 0.0
     ckpt_path = out / "checkpoint.pt"
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        acc.unwrap_model(net).load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        ema.load_state_dict(state["ema"])
-        step, history, already = state["step"], state["history"], state["elapsed"]
-        set_rng_state(state["rng"])
-        acc.print(f"resumed from {ckpt_path} at step {step} ({already / 60:.1f} min done)")
+    step, history, already = resume_from(ckpt_path, acc.unwrap_model(net), opt, ema, acc, resume)
     clock = RunClock(already)
     budget_s = cfg.max_minutes * 60.0
 
