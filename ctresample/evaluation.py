@@ -112,6 +112,10 @@ class MethodSpec:
             raise ValueError(f"method label {self.label!r}: use letters, digits, '.', '_', '+' or '-'")
 
 
+def _threads(n: int) -> str:
+    return f"{n} torch thread" + ("" if n == 1 else "s")
+
+
 def parse_methods(text: str | Sequence[str], configs: dict[str, Any] | None = None) -> tuple[MethodSpec, ...]:
     """``"fbp,sirt,paper=resample"`` -> method specs; ``configs`` maps a label (or method) to its config.
 
@@ -496,6 +500,17 @@ def _atomic_write_text(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
+def _effective_config(spec: "MethodSpec"):
+    """The spec's config, or the method's default preset (``configs/<method>.yaml``) when it has none,
+    so that editing a preset invalidates saved results of runs that relied on it."""
+    from .config import CONFIG_DIR
+
+    if spec.config is not None:
+        return spec.config
+    preset = CONFIG_DIR / f"{spec.method.replace('-', '_')}.yaml"
+    return preset if preset.is_file() else None
+
+
 def _config_identity(config) -> Any:
     """What a config *is*, for the resume fingerprint and the summary: file text, dict or repr."""
     from .config import CONFIG_DIR
@@ -831,7 +846,7 @@ def _markdown(rows: list[dict], grid: list[Setting], specs: Sequence[MethodSpec]
         f"- Metrics: PSNR (dB) and SSIM (skimage, `data_range=1`) on the HU window [-1024, 3071] scaled to [0, 1]; "
         f"RMSE in HU on the same clipped window; mean ± sample std over the {len(slices)} slices.",
         f"- Cost: s/slice = wall time of the reconstruction calls / slices (batches of {settings.batch_size}, "
-        f"device `{settings.device}`, {torch.get_num_threads()} torch threads); NFE = network evaluations per slice.",
+        f"device `{settings.device}`, {_threads(torch.get_num_threads())}); NFE = network evaluations per slice.",
     ]
     if settings.samples:
         lines.append(f"- ReSample: {settings.samples} posterior samples per slice (image = their mean; NFE counts all).")
@@ -1030,7 +1045,7 @@ def evaluate(slices: EvaluationSlices, out, settings: EvaluationSettings, *, met
         for spec in settings.methods:
             kw = _method_kwargs(spec, settings, method_kwargs)
             fp = hashlib.sha1(json.dumps({**base_fp, "setting": dataclasses.asdict(setting), "method": spec.method,
-                                          "config": _config_identity(spec.config), "kwargs": _kwargs_identity(kw),
+                                          "config": _config_identity(_effective_config(spec)), "kwargs": _kwargs_identity(kw),
                                           "weights": _weights_identity(spec)},
                                          sort_keys=True, default=str).encode()).hexdigest()[:16]
             state = _RunState(out / "runs" / setting.name, spec.label, fp, settings.fresh)
@@ -1085,7 +1100,7 @@ def _write_tables(out: Path, rows, per_slice, grid, settings, slices, figures, u
                      "seed": settings.seed, "samples": settings.samples, "batch_size": settings.batch_size,
                      "device": settings.device, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                      "mu_water": settings.mu_water},
-        "methods": [{"label": m.label, "method": m.method, "config": _config_identity(m.config)} for m in settings.methods],
+        "methods": [{"label": m.label, "method": m.method, "config": _config_identity(_effective_config(m))} for m in settings.methods],
         "rows": rows,
         "runs": run_info,
         "failures": failures,

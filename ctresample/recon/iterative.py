@@ -27,7 +27,7 @@ from operators.units import MU_WATER
 from ..config import load_config
 from .registry import ReconstructionOutput
 
-__all__ = ["SIRTConfig", "CGLSConfig", "sirt", "reconstruct_sirt", "reconstruct_cgls"]
+__all__ = ["SIRTConfig", "CGLSConfig", "sirt", "sirt_with_stop", "reconstruct_sirt", "reconstruct_cgls"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ def _per_slice_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1)
 
 
-def sirt(A, y: torch.Tensor, n_iterations: int, *, nonnegative: bool = True, x0: torch.Tensor | None = None):
+def sirt(A, y: torch.Tensor, n_iterations: int, *, nonnegative: bool = True, x0: torch.Tensor | None = None,
+         lower: float = 0.0, threshold: torch.Tensor | None = None):
     """SIRT on attenuation.
 
     Parameters
@@ -59,9 +60,15 @@ def sirt(A, y: torch.Tensor, n_iterations: int, *, nonnegative: bool = True, x0:
         Line integrals.
     n_iterations : int
     nonnegative : bool
-        Project onto ``x >= 0`` after each update.
+        Project onto ``x >= lower`` after each update.
     x0 : Tensor, (B, 1, H, W), optional
         Start (default zero), 1/mm.
+    lower : float
+        The bound of the projection, 1/mm (default 0: physical non-negativity; ReSample uses
+        the attenuation of the HU window's floor, -1024 HU, where scanners put air).
+    threshold : Tensor (B,), optional
+        Stop a slice once ``||y - A x||^2 <= threshold`` (discrepancy principle); checked
+        before every iteration.
 
     Returns
     -------
@@ -69,6 +76,13 @@ def sirt(A, y: torch.Tensor, n_iterations: int, *, nonnegative: bool = True, x0:
     history : list of Tensor (B,)
         Relative data residual ``||y - A x|| / ||y||`` before each iteration and at the end.
     """
+    x, history, _ = sirt_with_stop(A, y, n_iterations, nonnegative=nonnegative, x0=x0, lower=lower,
+                                   threshold=threshold)
+    return x, history
+
+
+def sirt_with_stop(A, y, n_iterations, *, nonnegative=True, x0=None, lower=0.0, threshold=None):
+    """:func:`sirt`, also returning the iterations each slice ran ``(B,)``."""
     ones_img = torch.ones((1, 1, *A.domain_shape), dtype=y.dtype, device=y.device)
     ones_sino = torch.ones((1, 1, *A.range_shape), dtype=y.dtype, device=y.device)
     row = A(ones_img)  # ray lengths through the image
@@ -77,15 +91,22 @@ def sirt(A, y: torch.Tensor, n_iterations: int, *, nonnegative: bool = True, x0:
     C = torch.where(col > 1e-8, 1.0 / col.clamp_min(1e-8), torch.zeros_like(col))
     x = torch.zeros((y.shape[0], 1, *A.domain_shape), dtype=y.dtype, device=y.device) if x0 is None else x0.clone()
     ynorm = _per_slice_norm(y).clamp_min(1e-12)
+    iterations = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
     history = []
     for _ in range(int(n_iterations)):
         r = y - A(x)
-        history.append(_per_slice_norm(r) / ynorm)
-        x = x + C * A.adjoint(R * r)
+        rnorm = _per_slice_norm(r)
+        history.append(rnorm / ynorm)
+        active = None if threshold is None else rnorm**2 > threshold
+        if active is not None and not active.any():
+            break
+        x_new = x + C * A.adjoint(R * r)
         if nonnegative:
-            x = x.clamp_min(0.0)
+            x_new = x_new.clamp_min(lower)
+        x = x_new if active is None else torch.where(active[:, None, None, None], x_new, x)
+        iterations += 1 if active is None else active.long()
     history.append(_per_slice_norm(y - A(x)) / ynorm)
-    return x, history
+    return x, history, iterations
 
 
 def reconstruct_sirt(sinogram, geometry: ParallelBeamGeometry, *, config=None, generator=None, n_samples=None,

@@ -36,9 +36,9 @@ __all__ = ["LatentDPSConfig", "latent_dps", "reconstruct_latent_dps"]
 @dataclass(frozen=True)
 class LatentDPSConfig:
     prior: str | None = None  # saved prior folder; None = the shipped ldm-ct-256
-    num_inference_steps: int = 50  # DDIM steps = NFE (each with a backward pass)
+    num_inference_steps: int = 100  # DDIM steps = NFE (each with a backward pass)
     eta: float = 0.0  # DDIM noise (0 deterministic DDIM)
-    zeta: float = 0.3  # step on the residual norm's gradient: larger fits the data harder, can diverge
+    zeta: float = 0.03  # step on the residual norm's gradient: larger fits the data harder, can diverge
     clip_output: bool = True  # clip the output to the HU window [-1024, 3071]
     n_samples: int = 1  # posterior samples per slice (mean + std map when > 1)
     mu_water: float = MU_WATER  # 1/mm, must match the value used to make the sinogram

@@ -34,7 +34,7 @@ Algorithm (one trajectory per slice, all slices of the batch at once)::
         eps_hat = s_theta(z_{t+1}, t+1);  z0_hat = Tweedie(z_{t+1}, eps_hat)
         z'_t = sqrt(abar_t) z0_hat + sqrt(1 - abar_t - eta^2 delta^2) eps_hat + eta delta eps1
         if t in C:
-            pixel phase:  x_y = argmin_x ||y - A x||^2 near D(z0_hat)   (CG, or the authors' AdamW)
+            pixel phase:  x_y = argmin_x ||y - A x||^2 near D(z0_hat)   (SIRT, CG or the authors' AdamW)
                           z0_y = E(x_y)
             latent phase: z0_y = argmin_z ||y - A(D(z))||^2 from z0_hat  (AdamW)
             z_t = StochasticResample(z0_y, z'_t, sigma_t^2)             # Eq. 13
@@ -74,7 +74,7 @@ from .consistency import (
     stochastic_resample,
 )
 
-__all__ = ["ResampleConfig", "consistency_plan", "resample", "reconstruct_resample"]
+__all__ = ["ResampleConfig", "consistency_plan", "nfe_per_sample", "resample", "reconstruct_resample"]
 
 
 @dataclass(frozen=True)
@@ -82,16 +82,17 @@ class ResampleConfig:
     """Every knob of ReSample; presets in ``configs/resample*.yaml`` say what each trades off."""
 
     prior: str | None = None  # saved prior folder; None = the shipped ldm-ct-256
-    num_inference_steps: int = 50  # DDIM steps = NFE per sample
+    num_inference_steps: int = 200  # DDIM steps (NFE per sample without warm start)
     eta: float = 0.0  # DDIM noise (0 deterministic DDIM, 1 DDPM-like)
     gamma: float = 40.0  # sigma_t^2 = gamma * DDPM variance (small: trust the prior, large: the data)
     skip_interval: int = 1  # k: hard consistency every k-th step
     start_fraction: float = 0.3  # no consistency before this fraction of the steps
     end_fraction: float = 1.0  # nor after this one
     latent_fraction: float = 1.0  # consistency steps after this fraction use latent optimisation
-    pixel_solver: str = "cg"  # "cg" (normal equations) or "adamw" (the authors')
+    pixel_solver: str = "sirt"  # "cg" (normal equations), "sirt" (non-negative SIRT) or "adamw" (the authors')
     cg_lambda: float = 0.0  # proximal weight to D(z0_hat), relative to ||A||^2
     cg_max_iter: int = 10  # CG iteration cap per consistency step
+    sirt_iterations: int = 200  # SIRT iterations per consistency step (pixel_solver: sirt)
     noise_sigma: float | str | None = "auto"  # per-ray noise std for the discrepancy rule; "auto" estimates, None off
     discrepancy_tau: float = 1.0  # stop inner solves when ||y-Ax||^2 <= tau*m*sigma^2
     pixel_lr: float = 1e-2  # authors' pixel AdamW learning rate (on [-1, 1] pixels)
@@ -104,10 +105,10 @@ class ResampleConfig:
     weight_decay: float = 0.01  # AdamW weight decay (torch default, as the authors)
     final_consistency: str = "pixel"  # after D(z_0): "none", "pixel" (CG near D(z_0)) or "latent"
     warm_start: str = "sirt"  # "none" (z_T ~ N(0, I), the paper) or "sirt"/"fbp": noise E(x_init) to the first step
-    warm_start_fraction: float = 0.5  # share of the DDIM steps skipped by the warm start (saves NFE)
+    warm_start_fraction: float = 0.875  # share of the DDIM steps skipped by the warm start (saves NFE)
     warm_start_iterations: int = 50  # SIRT iterations of the warm-start image
     clip_output: bool = True  # clip the output to the HU window [-1024, 3071]
-    n_samples: int = 1  # posterior samples per slice (mean + std map when > 1)
+    n_samples: int = 2  # posterior samples per slice (mean + std map when > 1)
     mu_water: float = MU_WATER  # 1/mm, must match the value used to make the sinogram
 
 
@@ -130,9 +131,22 @@ def consistency_plan(cfg: ResampleConfig) -> dict[int, str]:
     return {i: ("pixel" if i < split else "latent") for i in sorted(steps)}
 
 
+def warm_start_index(cfg: ResampleConfig) -> int:
+    """First DDIM iteration run (0 without warm start); always leaves at least one step."""
+    if cfg.warm_start == "none":
+        return 0
+    n = int(cfg.num_inference_steps)
+    return min(int(round(cfg.warm_start_fraction * n)), n - 1)
+
+
+def nfe_per_sample(cfg: ResampleConfig) -> int:
+    """UNet evaluations of one trajectory: the DDIM steps after the warm-start entry."""
+    return int(cfg.num_inference_steps) - warm_start_index(cfg)
+
+
 def _check(cfg: ResampleConfig) -> None:
-    if cfg.pixel_solver not in ("cg", "adamw"):
-        raise ValueError(f"pixel_solver must be 'cg' or 'adamw', got {cfg.pixel_solver!r}")
+    if cfg.pixel_solver not in ("cg", "sirt", "adamw"):
+        raise ValueError(f"pixel_solver must be 'cg', 'sirt' or 'adamw', got {cfg.pixel_solver!r}")
     if cfg.final_consistency not in ("none", "pixel", "latent"):
         raise ValueError(f"final_consistency must be 'none', 'pixel' or 'latent', got {cfg.final_consistency!r}")
     if cfg.num_inference_steps < 1 or cfg.n_samples < 1:
@@ -154,7 +168,7 @@ class _Consistency:
         disc = None
         if cfg.noise_sigma is not None:
             disc = discrepancy_threshold(y, cfg.noise_sigma, cfg.discrepancy_tau)
-        self.cg_threshold = disc
+        self.discrepancy = disc
 
         def eps_rule(eps):
             t = torch.full((y.shape[0],), m * eps**2, dtype=y.dtype, device=y.device)
@@ -176,9 +190,30 @@ class _Consistency:
     def pixel_cg(self, x_hat_hu: torch.Tensor) -> torch.Tensor:
         """``argmin ||y - A x||^2 + lam ||A||^2 ||x - x_hat||^2`` by CG; HU in, HU out."""
         res = proximal_least_squares(self.A, self.y, self.mu(x_hat_hu.to(self.y.dtype)), lam=self.cfg.cg_lambda,
-                                     max_iter=self.cfg.cg_max_iter, threshold=self.cg_threshold)
+                                     max_iter=self.cfg.cg_max_iter, threshold=self.discrepancy)
         self.inner += res.iterations
         return mu_to_hu(res.x, self.cfg.mu_water)
+
+    def pixel_sirt(self, x_hat_hu: torch.Tensor) -> torch.Tensor:
+        """SIRT started at ``x_hat``, kept above the HU window's floor (its early stop is the regulariser).
+
+        HU in, HU out. Stops a slice by the discrepancy rule like CG. The bound is -1024 HU (the window and the prior's air), not mu >= 0
+        (-1000 HU), which would put a 24 HU offset on every air pixel.
+        """
+        from ..recon.iterative import sirt_with_stop
+
+        floor = float(self.mu(torch.tensor(HU_MIN, dtype=torch.float64)))
+        with torch.no_grad():
+            x, _, its = sirt_with_stop(self.A, self.y, self.cfg.sirt_iterations, nonnegative=True, lower=floor,
+                                       x0=self.mu(x_hat_hu.to(self.y.dtype)).clamp_min(floor),
+                                       threshold=self.discrepancy)
+        self.inner += its
+        return mu_to_hu(x, self.cfg.mu_water)
+
+    def pixel_solve(self, x_hat_hu: torch.Tensor) -> torch.Tensor:
+        """The configured pixel-space solver near ``x_hat``; HU in, HU out."""
+        solver = {"cg": self.pixel_cg, "sirt": self.pixel_sirt, "adamw": self.pixel_adamw}[self.cfg.pixel_solver]
+        return solver(x_hat_hu)
 
     def pixel_adamw(self, x_hat_hu: torch.Tensor) -> torch.Tensor:
         """The authors' pixel variant: AdamW on [-1, 1] pixels from ``D(z0_hat)``; HU in, HU out."""
@@ -193,7 +228,7 @@ class _Consistency:
         """Pixel phase: decode, solve in image space, clip to the window, re-encode."""
         with torch.no_grad():
             x_hat = self.decode(z0_hat)
-        x_y = self.pixel_cg(x_hat) if self.cfg.pixel_solver == "cg" else self.pixel_adamw(x_hat)
+        x_y = self.pixel_solve(x_hat)
         with torch.no_grad():
             self.encoder_calls += 1
             return self.prior.encode(x_y.clamp(HU_MIN, HU_MAX).to(z0_hat.dtype))
@@ -249,7 +284,7 @@ def resample(prior, A, y: torch.Tensor, cfg: ResampleConfig, generator: torch.Ge
     if cfg.warm_start != "none":
         # beyond the paper (SDEdit / CCDF): start at step i0 from a noised encoding of a
         # classic reconstruction instead of pure noise, skipping the first i0 UNet calls
-        first = int(round(cfg.warm_start_fraction * len(schedule)))
+        first = warm_start_index(cfg)
         x_init = _warm_start_image(A, y, cfg)
         with torch.no_grad():
             dc.encoder_calls += 1
@@ -283,7 +318,7 @@ def resample(prior, A, y: torch.Tensor, cfg: ResampleConfig, generator: torch.Ge
     with torch.no_grad():
         x0 = dc.decode(z)  # x_0 = D(z_0)
     if cfg.final_consistency == "pixel":
-        x0 = dc.pixel_cg(x0) if cfg.pixel_solver == "cg" else dc.pixel_adamw(x0)
+        x0 = dc.pixel_solve(x0)
     if cfg.clip_output:
         x0 = x0.clamp(HU_MIN, HU_MAX)
     info = {

@@ -125,7 +125,7 @@ def test_report_files_exist_and_parse(tiny_slices, tmp_path):
 
 
 def test_same_seeds_for_every_method_and_resume(tiny_slices, tiny_prior, tmp_path):
-    cfg = {"num_inference_steps": 3, "cg_max_iter": 2, "warm_start": "none"}  # NFE = steps
+    cfg = {"num_inference_steps": 3, "cg_max_iter": 2, "warm_start": "none", "n_samples": 1}  # NFE = steps
     specs = parse_methods("a=resample,b=resample,fbp", {"a": cfg, "b": cfg})
     kw = {"resample": {"prior": tiny_prior}}
     settings = EvaluationSettings(methods=specs, views=(8,), batch_size=2, figure_slices=1, quiet=True)
@@ -206,3 +206,20 @@ def test_more_figure_slices_on_resume(tiny_slices, tmp_path):
     with np.load(tmp_path / "g" / "runs" / "8v_clean" / "fbp.npz") as f:
         assert sorted(f.files) == ["rec_0", "rec_1", "rec_2"]
     assert json.loads((tmp_path / "g" / "summary.json").read_text())["runs"]["8v_clean/fbp"]["resumed_slices"] == 3
+
+
+def test_default_preset_is_part_of_the_resume_fingerprint(tmp_path, monkeypatch):
+    """A method run without a config is fingerprinted by its preset file: editing it invalidates saved results."""
+    import ctresample.config as config_module
+    from ctresample.evaluation import MethodSpec, _config_identity, _effective_config
+
+    monkeypatch.setattr(config_module, "CONFIG_DIR", tmp_path)
+    preset = tmp_path / "latent_dps.yaml"
+    preset.write_text("zeta: 0.1\n")
+    spec = MethodSpec("dps", "latent-dps")
+    before = _config_identity(_effective_config(spec))
+    assert "zeta: 0.1" in before["text"]
+    preset.write_text("zeta: 0.2\n")
+    assert _config_identity(_effective_config(spec)) != before
+    assert _effective_config(MethodSpec("fbp", "fbp")) is None  # no preset file: the code's defaults
+    assert _effective_config(MethodSpec("p", "resample", "resample_paper")) == "resample_paper"

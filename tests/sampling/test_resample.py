@@ -8,11 +8,11 @@ import torch
 import ctresample
 from ctresample.config import load_config
 from ctresample.sampling import _common
-from ctresample.sampling.resample import ResampleConfig, _Consistency, consistency_plan, resample
+from ctresample.sampling.resample import ResampleConfig, _Consistency, consistency_plan, nfe_per_sample, resample
 
 # the paper's structure (noise start, no final solve), tiny sizes
 FAST = dict(num_inference_steps=6, skip_interval=2, start_fraction=0.3, cg_max_iter=5, noise_sigma=None,
-            warm_start="none", final_consistency="none", cg_lambda=0.01)
+            warm_start="none", final_consistency="none", cg_lambda=0.01, n_samples=1)
 
 
 def _gen(seed=0):
@@ -88,7 +88,16 @@ def test_consistency_plan_authors_schedule():
 def test_default_config_matches_preset():
     assert load_config(ResampleConfig, "resample") == ResampleConfig()
     cfg = ResampleConfig()
-    assert cfg.num_inference_steps * cfg.n_samples <= 100  # the NFE budget of the default
+    assert nfe_per_sample(cfg) * cfg.n_samples <= 100  # the NFE budget of the default
+
+
+def test_nfe_follows_warm_start(tiny_prior, tiny_problem):
+    geom, hu, y = tiny_problem
+    for steps, frac, expected in ((8, 0.5, 4), (8, 0.875, 1), (2, 0.875, 1)):  # at least one step remains
+        cfg = dict(FAST, num_inference_steps=steps, warm_start="sirt", warm_start_fraction=frac, warm_start_iterations=2)
+        assert nfe_per_sample(ResampleConfig(**cfg)) == expected
+        out = ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(0), prior=tiny_prior)
+        assert out.info["nfe"] == expected and torch.isfinite(out.image).all()
 
 
 def test_pixel_cg_and_latent_optimisation_reduce_residual(tiny_prior, tiny_problem):
@@ -105,6 +114,9 @@ def test_pixel_cg_and_latent_optimisation_reduce_residual(tiny_prior, tiny_probl
         x_hat = tiny_prior.decode(z0)
     x_y = dc.pixel_cg(x_hat)
     assert (res(x_y) < 0.5 * res(x_hat)).all()
+    x_s = dc.pixel_sirt(x_hat)
+    assert (res(x_s) < 0.5 * res(x_hat)).all()
+    assert (x_s >= -1024 - 1e-3).all()  # kept above the window's floor
     z_y = dc.latent(z0)
     with torch.no_grad():
         assert (res(tiny_prior.decode(z_y)) < res(x_hat)).all()
@@ -117,6 +129,16 @@ def test_final_pixel_consistency_lowers_data_residual(tiny_prior, tiny_problem):
     plain = ctresample.reconstruct(y, geom, method="resample", **kw)
     polished = ctresample.reconstruct(y, geom, method="resample", final_consistency="pixel", **kw)
     assert all(p < q for p, q in zip(polished.info["data_residual"], plain.info["data_residual"]))
+
+
+def test_sirt_solver_runs_in_the_loop(tiny_prior, tiny_problem):
+    geom, hu, y = tiny_problem
+    cfg = dict(FAST, pixel_solver="sirt", sirt_iterations=4, final_consistency="pixel")
+    out = ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(0), prior=tiny_prior)
+    assert out.info["inner_iterations"] == [4 * 3, 4 * 3]  # two steps in C + the final solve
+    assert torch.isfinite(out.image).all()
+    with pytest.raises(ValueError, match="pixel_solver"):
+        ctresample.reconstruct(y, geom, method="resample", config=dict(FAST, pixel_solver="lsqr"), prior=tiny_prior)
 
 
 def test_authors_variants_run(tiny_prior, tiny_problem):
@@ -166,7 +188,7 @@ def test_latent_dps_shapes_determinism_and_zeta_zero_is_ddim(tiny_prior, tiny_pr
                                prior=tiny_prior)
     r = ctresample.reconstruct(y, geom, method="resample", generator=_gen(0), prior=tiny_prior,
                                config=dict(num_inference_steps=4, start_fraction=1.0, warm_start="none",
-                                           final_consistency="none"))
+                                           final_consistency="none", n_samples=1))
     torch.testing.assert_close(d.image, r.image)
     assert not torch.equal(a.image, d.image)
 
@@ -174,7 +196,9 @@ def test_latent_dps_shapes_determinism_and_zeta_zero_is_ddim(tiny_prior, tiny_pr
 def test_default_config_runs(tiny_prior, tiny_problem):
     geom, hu, y = tiny_problem
     out = ctresample.reconstruct(y, geom, method="resample", generator=_gen(0), prior=tiny_prior)
-    assert out.info["nfe"] == 25 and len(out.info["consistency_steps"]) == 25
+    assert out.info["nfe_per_sample"] == 25 and len(out.info["consistency_steps"]) == 25
+    assert out.info["n_samples"] == 2 and out.info["nfe"] == 50  # two samples, averaged
+    assert out.std is not None and out.std.shape == out.image.shape
 
 
 def test_warm_start_skips_steps(tiny_prior, tiny_problem):
