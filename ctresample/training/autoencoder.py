@@ -11,21 +11,20 @@ exported to ``<output_dir>/vae`` (diffusers layout) at the end.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import load_config, save_config
+from ..config import load_config
 from .common import (
-    EMA, RunClock, hardware_summary, infinite_loader, make_accelerator, plot_losses, resume_from, rng_state, save_checkpoint, write_json,
+    EMA, RunClock, hardware_summary, infinite_loader, lr_factor, plot_losses, resume_from, save_state, start_run,
+    write_json,
 )
 from .data import Augment, SliceDataset, build_cache, load_cache
 
-__all__ = ["AutoencoderTrainConfig", "train_autoencoder", "psnr_01", "lr_factor"]
+__all__ = ["AutoencoderTrainConfig", "train_autoencoder", "psnr_01"]
 
 
 def _default_vae() -> dict:
@@ -85,14 +84,6 @@ def psnr_01(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
-def lr_factor(step: int, progress: float, warmup: int, final_fraction: float) -> float:
-    """Linear warm-up, then cosine from 1 to ``final_fraction`` as ``progress`` goes 0 -> 1."""
-    if step < warmup:
-        return (step + 1) / warmup
-    p = min(max(progress, 0.0), 1.0)
-    return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * p))
-
-
 def _load_split_arrays(cfg) -> tuple[np.ndarray, np.ndarray]:
     train = load_cache(build_cache("train", cfg.data_root, cfg.split_file, cfg.cache_dir, cfg.image_size))["hu"]
     val = load_cache(build_cache("validation", cfg.data_root, cfg.split_file, cfg.cache_dir, cfg.image_size))["hu"]
@@ -127,11 +118,7 @@ def train_autoencoder(config=None, *, resume: bool = False, train_hu: np.ndarray
     from ..models.prior import build_vae
 
     cfg = load_config(AutoencoderTrainConfig, config, overrides)
-    out = Path(cfg.output_dir)
-    acc = make_accelerator(cfg.seed, cfg.num_threads, cfg.mixed_precision)
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+    out, acc = start_run(cfg)
     if train_hu is None:
         train_hu, val_from_split = _load_split_arrays(cfg)
         val_hu = val_from_split if val_hu is None else val_hu
@@ -163,10 +150,8 @@ def train_autoencoder(config=None, *, resume: bool = False, train_hu: np.ndarray
     budget_s = cfg.max_minutes * 60.0
 
     def save():
+        save_state(ckpt_path, acc, acc.unwrap_model(model).vae, opt, ema, step=step, history=history, clock=clock, cfg=cfg)
         if acc.is_main_process:
-            save_checkpoint(ckpt_path, model=acc.unwrap_model(model).vae.state_dict(), optimizer=opt.state_dict(),
-                            ema=ema.state_dict(), step=step, history=history, elapsed=clock.elapsed, rng=rng_state(),
-                            config=dataclasses.asdict(cfg))
             plot_losses(history, out / "loss.png", title="autoencoder", keys=("l1",), val_key="val_psnr")
 
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and acc.is_local_main_process),

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import math
 import os
 import platform
 import time
@@ -11,7 +13,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["EMA", "save_checkpoint", "load_checkpoint", "plot_losses", "hardware_summary", "RunClock",
-           "infinite_loader", "make_accelerator"]
+           "infinite_loader", "make_accelerator", "lr_factor", "resume_from", "save_state", "start_run"]
 
 
 class EMA:
@@ -179,3 +181,34 @@ def resume_from(ckpt_path, module, opt, ema, acc, resume: bool):
     set_rng_state(state["rng"])
     acc.print(f"resumed from {ckpt_path} at step {state['step']} ({state['elapsed'] / 60:.1f} min done)")
     return state["step"], state["history"], state["elapsed"]
+
+
+def save_state(ckpt_path, acc, module, opt, ema, *, step: int, history: list, clock: "RunClock", cfg, **extra) -> None:
+    """Write ``checkpoint.pt`` (model, optimizer, EMA, step, history, elapsed, RNG, config) on the main process.
+
+    The counterpart of :func:`resume_from`; ``extra`` adds loop-specific fields.
+    """
+    if not acc.is_main_process:
+        return
+    save_checkpoint(ckpt_path, model=module.state_dict(), optimizer=opt.state_dict(), ema=ema.state_dict(), step=step,
+                    history=history, elapsed=clock.elapsed, rng=rng_state(), config=dataclasses.asdict(cfg), **extra)
+
+
+def lr_factor(step: int, progress: float, warmup: int, final_fraction: float) -> float:
+    """Linear warm-up, then cosine from 1 to ``final_fraction`` as ``progress`` goes 0 -> 1."""
+    if step < warmup:
+        return (step + 1) / warmup
+    p = min(max(progress, 0.0), 1.0)
+    return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def start_run(cfg):
+    """The run folder (created, with ``config.yaml``) and the accelerator of a training config."""
+    from ..config import save_config
+
+    out = Path(cfg.output_dir)
+    acc = make_accelerator(cfg.seed, cfg.num_threads, cfg.mixed_precision)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    return out, acc

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import load_config, save_config
+from ..config import load_config
 from .common import (
-    EMA, RunClock, hardware_summary, infinite_loader, make_accelerator, plot_losses, resume_from, rng_state, save_checkpoint, set_rng_state, write_json,
+    EMA, RunClock, hardware_summary, infinite_loader, lr_factor, plot_losses, resume_from, save_state, start_run,
+    write_json,
 )
 from .data import Augment, SliceDataset, build_cache, load_cache
 
@@ -144,11 +145,7 @@ def train_diffusion(config=None, *, resume: bool = False, train_hu: np.ndarray |
     from ..models.prior import LatentDiffusionPrior, build_scheduler, build_unet
 
     cfg = load_config(DiffusionTrainConfig, config, overrides)
-    out = Path(cfg.output_dir)
-    acc = make_accelerator(cfg.seed, cfg.num_threads, cfg.mixed_precision)
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+    out, acc = start_run(cfg)
     if vae is None:
         vae = AutoencoderKL.from_pretrained(cfg.autoencoder, local_files_only=True, torch_dtype=torch.float32)
     vae = vae.to(acc.device).eval().requires_grad_(False)
@@ -180,10 +177,9 @@ def train_diffusion(config=None, *, resume: bool = False, train_hu: np.ndarray |
     budget_s = cfg.max_minutes * 60.0
 
     def save():
+        save_state(ckpt_path, acc, acc.unwrap_model(unet), opt, ema, step=step, history=history, clock=clock, cfg=cfg,
+                   latent_scale=latent_scale)
         if acc.is_main_process:
-            save_checkpoint(ckpt_path, model=acc.unwrap_model(unet).state_dict(), optimizer=opt.state_dict(),
-                            ema=ema.state_dict(), step=step, history=history, elapsed=clock.elapsed, rng=rng_state(),
-                            config=dataclasses.asdict(cfg), latent_scale=latent_scale)
             plot_losses(history, out / "loss.png", title="latent diffusion (epsilon MSE)")
             # a usable prior at every checkpoint, so sampling work need not wait for the end
             export(out / "prior")
@@ -200,8 +196,6 @@ def train_diffusion(config=None, *, resume: bool = False, train_hu: np.ndarray |
         if ae_summary.is_file():
             extra["autoencoder_training"] = json.loads(ae_summary.read_text())
         prior.save_pretrained(path, fp16=cfg.export_fp16, extra=extra)
-
-    from .autoencoder import lr_factor
 
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and acc.is_local_main_process),
                desc="diffusion", dynamic_ncols=True)

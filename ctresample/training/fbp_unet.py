@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import load_config, save_config
+from ..config import load_config
 from .common import (
-    EMA, RunClock, hardware_summary, infinite_loader, make_accelerator, plot_losses, resume_from, rng_state, save_checkpoint, write_json,
+    EMA, RunClock, hardware_summary, infinite_loader, lr_factor, plot_losses, resume_from, save_state, start_run,
+    write_json,
 )
 from .data import Augment, SliceDataset, build_cache, load_cache
 
@@ -126,11 +127,7 @@ def train_fbp_unet(config=None, *, resume: bool = False, train_hu: np.ndarray | 
     from ..models.normalization import hu_to_unit
 
     cfg = load_config(FBPUNetTrainConfig, config, overrides)
-    out = Path(cfg.output_dir)
-    acc = make_accelerator(cfg.seed, cfg.num_threads, cfg.mixed_precision)
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+    out, acc = start_run(cfg)
     if train_hu is None:
         train_hu = load_cache(build_cache("train", cfg.data_root, cfg.split_file, cfg.cache_dir, cfg.image_size))["hu"]
     if val_hu is None:
@@ -160,10 +157,8 @@ def train_fbp_unet(config=None, *, resume: bool = False, train_hu: np.ndarray | 
     budget_s = cfg.max_minutes * 60.0
 
     def save():
+        save_state(ckpt_path, acc, acc.unwrap_model(net), opt, ema, step=step, history=history, clock=clock, cfg=cfg)
         if acc.is_main_process:
-            save_checkpoint(ckpt_path, model=acc.unwrap_model(net).state_dict(), optimizer=opt.state_dict(),
-                            ema=ema.state_dict(), step=step, history=history, elapsed=clock.elapsed, rng=rng_state(),
-                            config=dataclasses.asdict(cfg))
             plot_losses(history, out / "loss.png", title="fbp-unet", keys=("loss",), val_key="val_psnr")
 
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and acc.is_local_main_process),
@@ -173,12 +168,8 @@ def train_fbp_unet(config=None, *, resume: bool = False, train_hu: np.ndarray | 
     net.train()
     while step < cfg.max_steps and clock.elapsed < budget_s:
         frac = max(step / cfg.max_steps, clock.elapsed / budget_s)
-        if step < cfg.warmup_steps:
-            f = (step + 1) / cfg.warmup_steps
-        else:
-            f = cfg.lr_final_fraction + (1 - cfg.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * f
+            g["lr"] = cfg.lr * lr_factor(step, frac, cfg.warmup_steps, cfg.lr_final_fraction)
         tgt = next(data)
         inp = _make_pairs(tgt, geom, cfg, A)
         inp, tgt = _crop_pair(inp, tgt, cfg.crop)
