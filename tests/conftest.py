@@ -8,6 +8,10 @@ Fixtures
 ``sample_ct``        the bundled 4-slice JPEG 2000 sample, ``data/sample_ct`` (always present).
 ``rng``              a seeded ``numpy.random.Generator``.
 ``make_dicom_series`` factory writing a tiny CT series (see :func:`write_dicom_series`).
+``tiny_prior``       a tiny random latent diffusion prior on 32x32 slices (session-wide).
+
+Every test runs with one torch thread (``_one_thread``): the tensors are tiny, and OpenMP
+synchronisation dominates on a busy 2-core machine.
 """
 from __future__ import annotations
 
@@ -32,6 +36,23 @@ def shared_data_dir() -> Path | None:
         if cand.is_dir():
             return cand
     return None
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_prior():
+    from ctresample.models.prior import LatentDiffusionPrior
+
+    return LatentDiffusionPrior.tiny(seed=0, image_size=32).requires_grad_(False)
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +115,6 @@ def write_dicom_series(
     shuffled so that name order is not slice order. Returns a dict with ``hu`` (Z, H, W),
     ``files`` (in slice order), ``positions`` (LPS, (Z, 3)), ``series_uid``.
     """
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 

@@ -89,7 +89,7 @@ class ResampleConfig:
     start_fraction: float = 0.3  # no consistency before this fraction of the steps
     end_fraction: float = 1.0  # nor after this one
     latent_fraction: float = 1.0  # consistency steps after this fraction use latent optimisation
-    pixel_solver: str = "sirt"  # "cg" (normal equations), "sirt" (non-negative SIRT) or "adamw" (the authors')
+    pixel_solver: str = "sirt"  # "sirt" (SIRT above -1024 HU), "cg" (normal equations) or "adamw" (the authors')
     cg_lambda: float = 0.0  # proximal weight to D(z0_hat), relative to ||A||^2
     cg_max_iter: int = 10  # CG iteration cap per consistency step
     sirt_iterations: int = 200  # SIRT iterations per consistency step (pixel_solver: sirt)
@@ -103,7 +103,7 @@ class ResampleConfig:
     latent_eps: float = 1e-3  # latent stop: mean squared sinogram residual < eps^2
     latent_patience: int = 200  # latent stop: no improvement for this many iterations
     weight_decay: float = 0.01  # AdamW weight decay (torch default, as the authors)
-    final_consistency: str = "pixel"  # after D(z_0): "none", "pixel" (CG near D(z_0)) or "latent"
+    final_consistency: str = "pixel"  # after D(z_0): "none", "pixel" (the pixel solver near D(z_0)) or "latent"
     warm_start: str = "sirt"  # "none" (z_T ~ N(0, I), the paper) or "sirt"/"fbp": noise E(x_init) to the first step
     warm_start_fraction: float = 0.875  # share of the DDIM steps skipped by the warm start (saves NFE)
     warm_start_iterations: int = 50  # SIRT iterations of the warm-start image
@@ -197,8 +197,9 @@ class _Consistency:
     def pixel_sirt(self, x_hat_hu: torch.Tensor) -> torch.Tensor:
         """SIRT started at ``x_hat``, kept above the HU window's floor (its early stop is the regulariser).
 
-        HU in, HU out. Stops a slice by the discrepancy rule like CG. The bound is -1024 HU (the window and the prior's air), not mu >= 0
-        (-1000 HU), which would put a 24 HU offset on every air pixel.
+        HU in, HU out. Stops a slice by the discrepancy rule like CG. The bound is -1024 HU (the
+        window and the prior's air), not mu >= 0 (-1000 HU), which would put a 24 HU offset on
+        every air pixel.
         """
         from ..recon.iterative import sirt_with_stop
 

@@ -1,18 +1,8 @@
-"""Fixtures for the evaluation tests: tiny phantom slices, a tiny DICOM collection, the tiny prior."""
+"""Fixtures for the evaluation tests: tiny phantom slices and a tiny DICOM collection."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP synchronisation, which dominates on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def phantom(n: int = 3, size: int = 32) -> np.ndarray:
@@ -37,13 +27,6 @@ def tiny_slices():
     from ctresample.evaluation import EvaluationSlices
 
     return EvaluationSlices.from_array(phantom(3), pixel_size=8.0, subject="phantom")
-
-
-@pytest.fixture(scope="session")
-def tiny_prior():
-    from ctresample.models.prior import LatentDiffusionPrior
-
-    return LatentDiffusionPrior.tiny(seed=0, image_size=32).requires_grad_(False)
 
 
 @pytest.fixture

@@ -223,3 +223,17 @@ def test_default_preset_is_part_of_the_resume_fingerprint(tmp_path, monkeypatch)
     assert _config_identity(_effective_config(spec)) != before
     assert _effective_config(MethodSpec("fbp", "fbp")) is None  # no preset file: the code's defaults
     assert _effective_config(MethodSpec("p", "resample", "resample_paper")) == "resample_paper"
+
+
+@pytest.mark.parametrize("module, cls", [("ctresample.sampling.resample", "ResampleConfig"),
+                                         ("ctresample.sampling.latent_dps", "LatentDPSConfig"),
+                                         ("ctresample.models.fbp_unet", "FBPUNetConfig")])
+def test_method_presets_equal_the_code_defaults(module, cls):
+    """The fingerprint stands for a config-less run by its preset file: they must agree."""
+    import importlib
+
+    from ctresample.config import load_config
+
+    config_cls = getattr(importlib.import_module(module), cls)
+    preset = {"ResampleConfig": "resample", "LatentDPSConfig": "latent_dps", "FBPUNetConfig": "fbp_unet"}[cls]
+    assert load_config(config_cls, preset) == config_cls()

@@ -1,15 +1,8 @@
-"""Fixtures for sampler tests: a tiny random prior and a matching tiny CT problem."""
+"""Fixtures for sampler tests: a tiny CT problem (the tiny prior is in tests/conftest.py)."""
 import pytest
 import torch
 
 from operators import ParallelBeamGeometry, hu_to_mu, projector_for
-
-
-@pytest.fixture(scope="session")
-def tiny_prior():
-    from ctresample.models.prior import LatentDiffusionPrior
-
-    return LatentDiffusionPrior.tiny(seed=0, image_size=32).requires_grad_(False)
 
 
 @pytest.fixture(scope="session")
@@ -25,11 +18,3 @@ def tiny_problem():
     y = projector_for(geom)(hu_to_mu(hu))
     return geom, hu, y
 
-
-@pytest.fixture(autouse=True, scope="session")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP synchronisation, which dominates on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
