@@ -19,10 +19,10 @@ import torch
 
 from ..config import load_config
 from .common import (
-    EMA, RunClock, hardware_summary, infinite_loader, lr_factor, plot_losses, resume_from, save_state, start_run,
+    EMA, RunClock, TrainRunConfig, hardware_summary, plot_losses, resume_from, save_state, start_run, train_loop,
     write_json,
 )
-from .data import Augment, SliceDataset, build_cache, load_cache
+from .data import SliceDataset, build_cache, load_cache
 
 __all__ = ["AutoencoderTrainConfig", "train_autoencoder", "psnr_01"]
 
@@ -35,34 +35,21 @@ def _default_vae() -> dict:
 
 
 @dataclass(frozen=True)
-class AutoencoderTrainConfig:
-    """Settings of :func:`train_autoencoder` (YAML: ``configs/train_autoencoder.yaml``)."""
+class AutoencoderTrainConfig(TrainRunConfig):
+    """Settings of :func:`train_autoencoder` (YAML: ``configs/train_autoencoder.yaml``).
+
+    The run, data, schedule and budget fields come from :class:`~ctresample.training.common.TrainRunConfig`.
+    """
 
     output_dir: str = "runs/autoencoder"
-    data_root: str | None = None        # None: <repo>/../shared/data/ct
-    split_file: str | None = None       # None: configs/data_split.yaml
-    cache_dir: str | None = None        # None: <repo>/runs/cache
-    image_size: int = 256
     vae: dict = field(default_factory=_default_vae)
-    augment: Augment = field(default_factory=Augment)
     crop: int = 96                      # training crop (px); the model is fully convolutional
-    batch_size: int = 8
-    lr: float = 5e-4
-    lr_final_fraction: float = 0.1      # cosine decay to lr * this over the step/time budget
-    warmup_steps: int = 100
     kl_weight: float = 1e-6
     ema_decay: float = 0.999
-    max_steps: int = 100_000
-    max_minutes: float = 40.0           # wall-time budget across resumes (whichever ends first)
-    log_every: int = 25
-    checkpoint_every_minutes: float = 3.0
-    val_every: int = 250
+    val_every: int = 250                # validation PSNR (EMA weights) every this many steps
     val_slices: int = 8                 # validation slices (full size) for the PSNR monitor
     init_vae: str | None = None         # start from these weights (a diffusers AutoencoderKL folder)
     freeze_encoder: bool = False        # train the decoder only: latents (and a UNet trained on them) stay valid
-    seed: int = 0
-    num_threads: int | None = 2         # torch CPU threads (None: torch default)
-    mixed_precision: str = "no"         # accelerate: "no", "fp16", "bf16"
 
 
 class _AEWithKL(torch.nn.Module):
@@ -112,8 +99,6 @@ def train_autoencoder(config=None, *, resume: bool = False, train_hu: np.ndarray
     train_hu, val_hu : ndarray (N, S, S) HU, optional
         In-memory data instead of the cached split (tests).
     """
-    from tqdm.auto import tqdm
-
     from ..models.normalization import hu_to_unit
     from ..models.prior import build_vae
 
@@ -147,50 +132,30 @@ def train_autoencoder(config=None, *, resume: bool = False, train_hu: np.ndarray
     ckpt_path = out / "checkpoint.pt"
     step, history, already = resume_from(ckpt_path, acc.unwrap_model(model).vae, opt, ema, acc, resume)
     clock = RunClock(already)
-    budget_s = cfg.max_minutes * 60.0
 
-    def save():
+    def save(step):
         save_state(ckpt_path, acc, acc.unwrap_model(model).vae, opt, ema, step=step, history=history, clock=clock, cfg=cfg)
         if acc.is_main_process:
             plot_losses(history, out / "loss.png", title="autoencoder", keys=("l1",), val_key="val_psnr")
 
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and acc.is_local_main_process),
-               desc="autoencoder", dynamic_ncols=True)
-    last_ckpt = clock.elapsed
-    data = infinite_loader(loader)
-    model.train()
-    while step < cfg.max_steps and clock.elapsed < budget_s:
-        frac = max(step / cfg.max_steps, clock.elapsed / budget_s)
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_factor(step, frac, cfg.warmup_steps, cfg.lr_final_fraction)
-        x = next(data)
+    def loss_fn(x):
         with acc.autocast():
             rec, kl = model(x)
             l1 = (rec.float() - x).abs().mean()
             loss = l1 + cfg.kl_weight * kl.mean() / (x.shape[-1] * x.shape[-2])
-        acc.backward(loss)
-        acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update(acc.unwrap_model(model).vae)
-        step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == 1:
-            rec_ = {"step": step, "loss": loss.item(), "l1": l1.item(), "kl": kl.mean().item(),
-                    "lr": opt.param_groups[0]["lr"], "elapsed_s": round(clock.elapsed, 1)}
-            history.append(rec_)
-            bar.set_postfix(loss=f"{rec_['loss']:.4f}")
+        return loss, {"l1": l1.detach(), "kl": kl.mean().detach()}
+
+    def monitor(step):
         if step % cfg.val_every == 0 and acc.is_main_process:
             v = _validate(ema.model, val)
             history.append({"step": step, "val_psnr": v, "elapsed_s": round(clock.elapsed, 1)})
             acc.print(f"step {step}: validation PSNR (EMA, {len(val)} slices) {v:.2f} dB, "
                       f"{clock.elapsed / 60:.1f} min")
             model.train()
-        if clock.elapsed - last_ckpt > cfg.checkpoint_every_minutes * 60:
-            save()
-            last_ckpt = clock.elapsed
-    bar.close()
-    save()
+
+    step = train_loop(cfg, acc, model, opt, ema, acc.unwrap_model(model).vae, loader, loss_fn, step=step,
+                      history=history, clock=clock, save=save, desc="autoencoder", progress=progress,
+                      after_step=monitor)
     summary = {"steps": step, "wall_time_s": round(clock.elapsed, 1), "hardware": hardware_summary(acc.device),
                "num_processes": acc.num_processes, "train_slices": int(len(train_hu)),
                "batch_size": cfg.batch_size, "crop": cfg.crop,

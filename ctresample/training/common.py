@@ -8,12 +8,40 @@ import math
 import os
 import platform
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-__all__ = ["EMA", "save_checkpoint", "load_checkpoint", "plot_losses", "hardware_summary", "RunClock",
+from .data import Augment
+
+__all__ = ["TrainRunConfig", "train_loop", "EMA", "save_checkpoint", "load_checkpoint", "plot_losses", "hardware_summary", "RunClock",
            "infinite_loader", "make_accelerator", "lr_factor", "resume_from", "save_state", "start_run"]
+
+
+@dataclass(frozen=True)
+class TrainRunConfig:
+    """The settings every training target shares; each target's config adds its own and may change defaults."""
+
+    output_dir: str = "runs/train"
+    data_root: str | None = None        # None: <repo>/../shared/data/ct
+    split_file: str | None = None       # None: configs/data_split.yaml
+    cache_dir: str | None = None        # None: <repo>/runs/cache
+    image_size: int = 256
+    augment: Augment = field(default_factory=Augment)
+    batch_size: int = 8
+    lr: float = 5e-4
+    lr_final_fraction: float = 0.1      # cosine decay to lr * this over the step/time budget
+    warmup_steps: int = 100
+    ema_decay: float = 0.995
+    max_steps: int = 100_000
+    max_minutes: float = 40.0           # wall-time budget across resumes (whichever ends first)
+    log_every: int = 25
+    checkpoint_every_minutes: float = 3.0
+    seed: int = 0
+    num_threads: int | None = 2         # torch CPU threads (None: torch default)
+    mixed_precision: str = "no"         # accelerate: "no", "fp16", "bf16"
 
 
 class EMA:
@@ -105,7 +133,8 @@ def plot_losses(history: list[dict], path, title: str = "", keys: tuple[str, ...
             ax2 = ax.twinx()
             ax2.plot(*zip(*pts), "o-", color="black", label=val_key)
             ax2.set_ylabel(val_key)
-    ax.legend(loc="upper right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path)
@@ -212,3 +241,56 @@ def start_run(cfg):
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     return out, acc
+
+
+def train_loop(cfg: TrainRunConfig, acc, model, opt, ema: EMA, ema_source: torch.nn.Module, loader, loss_fn, *,
+               step: int, history: list, clock: RunClock, save, desc: str, progress: bool = True,
+               after_step=None) -> int:
+    """The optimisation loop the training targets share; returns the step reached.
+
+    Until ``cfg.max_steps`` or ``cfg.max_minutes`` (wall time across resumes, whichever ends
+    first): learning rate by :func:`lr_factor` over that budget, ``loss, logged = loss_fn(batch)``
+    (``logged``: extra scalars, read only at logging steps), backward, gradient norm clipped to 1 over the
+    trainable parameters, optimiser step, ``ema.update(ema_source)``. Every ``log_every`` steps
+    the loss goes to ``history`` (and, without a progress bar, a line to the log every 8 of
+    those); ``after_step(step)`` runs after each step (validation monitors); ``save(step)``
+    every ``checkpoint_every_minutes`` and once at the end.
+    """
+    from tqdm.auto import tqdm
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    budget_s = cfg.max_minutes * 60.0
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and acc.is_local_main_process), desc=desc,
+               dynamic_ncols=True)
+    last_ckpt = clock.elapsed
+    data = infinite_loader(loader)
+    model.train()
+    while step < cfg.max_steps and clock.elapsed < budget_s:
+        frac = max(step / cfg.max_steps, clock.elapsed / budget_s)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * lr_factor(step, frac, cfg.warmup_steps, cfg.lr_final_fraction)
+        loss, logged = loss_fn(next(data))
+        acc.backward(loss)
+        acc.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(ema_source)
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == 1:
+            history.append({"step": step, "loss": loss.item(), **{k: float(v) for k, v in logged.items()},
+                            "lr": opt.param_groups[0]["lr"],
+                            "elapsed_s": round(clock.elapsed, 1)})
+            bar.set_postfix(loss=f"{loss.item():.4g}")
+            if not progress and step % (cfg.log_every * 8) == 0:
+                recent = [h["loss"] for h in history[-8:] if "loss" in h]
+                acc.print(f"{desc} step {step}: loss {np.mean(recent):.4g} (last {len(recent)} logs), "
+                          f"{clock.elapsed / 60:.1f} min", flush=True)
+        if after_step is not None:
+            after_step(step)
+        if clock.elapsed - last_ckpt > cfg.checkpoint_every_minutes * 60:
+            save(step)
+            last_ckpt = clock.elapsed
+    bar.close()
+    save(step)
+    return step

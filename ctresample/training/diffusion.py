@@ -25,12 +25,12 @@ import torch
 
 from ..config import load_config
 from .common import (
-    EMA, RunClock, hardware_summary, infinite_loader, lr_factor, plot_losses, resume_from, save_state, start_run,
+    EMA, RunClock, TrainRunConfig, hardware_summary, plot_losses, resume_from, save_state, start_run, train_loop,
     write_json,
 )
 from .data import Augment, SliceDataset, build_cache, load_cache
 
-__all__ = ["DiffusionTrainConfig", "train_diffusion", "encode_slices"]
+__all__ = ["DiffusionTrainConfig", "train_diffusion", "encode_slices", "sample_timesteps"]
 
 
 def _default_unet() -> dict:
@@ -42,33 +42,45 @@ def _default_unet() -> dict:
 
 
 @dataclass(frozen=True)
-class DiffusionTrainConfig:
-    """Settings of :func:`train_diffusion` (YAML: ``configs/train_diffusion.yaml``)."""
+class DiffusionTrainConfig(TrainRunConfig):
+    """Settings of :func:`train_diffusion` (YAML: ``configs/train_diffusion.yaml``).
+
+    The run, data, schedule and budget fields come from :class:`~ctresample.training.common.TrainRunConfig`.
+    """
 
     output_dir: str = "runs/diffusion"
     autoencoder: str = "runs/autoencoder/vae"   # diffusers AutoencoderKL folder (from `train autoencoder`)
-    data_root: str | None = None
-    split_file: str | None = None
-    cache_dir: str | None = None
-    image_size: int = 256
     unet: dict = field(default_factory=_default_unet)
     scheduler: dict = field(default_factory=dict)  # DDIMScheduler overrides (default: T=1000, LDM betas)
     encode_copies: int = 4              # augmented copies of each slice encoded once
-    augment: Augment = field(default_factory=Augment)
     latent_crop: int | None = None      # random square latent crops (None: full latents)
-    batch_size: int = 8
+    low_noise_fraction: float = 0.0     # share of each batch drawn from t < low_noise_max_t (0: uniform t)
+    low_noise_max_t: int = 250          # the low-noise range that ReSample's warm start uses (t <= 125 by default)
     lr: float = 2e-4
     lr_final_fraction: float = 0.2
     warmup_steps: int = 200
-    ema_decay: float = 0.995
     max_steps: int = 200_000
     max_minutes: float = 60.0
-    log_every: int = 25
-    checkpoint_every_minutes: float = 3.0
-    seed: int = 0
-    num_threads: int | None = 2
-    mixed_precision: str = "no"
     export_fp16: bool = False           # the exported prior in float16 (halves its size)
+
+
+def sample_timesteps(n: int, num_train_timesteps: int, low_fraction: float = 0.0, low_max_t: int = 250,
+                     device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training timesteps: uniform on ``[0, T)``, with a share ``low_fraction`` redrawn uniform on ``[0, low_max_t)``.
+
+    The mixture keeps every noise level in training (unconditional sampling and Latent-DPS use
+    them all) while spending more updates where a warm-started sampler spends all its steps.
+    """
+    if not 0.0 <= low_fraction <= 1.0:
+        raise ValueError(f"low_noise_fraction must be in [0, 1], got {low_fraction}")
+    if not 1 <= low_max_t <= num_train_timesteps:
+        raise ValueError(f"low_noise_max_t must be in [1, {num_train_timesteps}], got {low_max_t}")
+    t = torch.randint(0, num_train_timesteps, (n,), device=device, generator=generator)
+    if low_fraction > 0:
+        low = torch.randint(0, low_max_t, (n,), device=device, generator=generator)
+        pick = torch.rand(n, device=device, generator=generator) < low_fraction
+        t = torch.where(pick, low, t)
+    return t
 
 
 @torch.no_grad()
@@ -140,7 +152,6 @@ def train_diffusion(config=None, *, resume: bool = False, train_hu: np.ndarray |
     ``config.autoencoder`` (tests).
     """
     from diffusers import AutoencoderKL
-    from tqdm.auto import tqdm
 
     from ..models.prior import LatentDiffusionPrior, build_scheduler, build_unet
 
@@ -174,17 +185,16 @@ def train_diffusion(config=None, *, resume: bool = False, train_hu: np.ndarray |
     ckpt_path = out / "checkpoint.pt"
     step, history, already = resume_from(ckpt_path, acc.unwrap_model(unet), opt, ema, acc, resume)
     clock = RunClock(already)
-    budget_s = cfg.max_minutes * 60.0
 
-    def save():
+    def save(step):
         save_state(ckpt_path, acc, acc.unwrap_model(unet), opt, ema, step=step, history=history, clock=clock, cfg=cfg,
                    latent_scale=latent_scale)
         if acc.is_main_process:
             plot_losses(history, out / "loss.png", title="latent diffusion (epsilon MSE)")
             # a usable prior at every checkpoint, so sampling work need not wait for the end
-            export(out / "prior")
+            export(out / "prior", step)
 
-    def export(path):
+    def export(path, step):
         prior = LatentDiffusionPrior(copy.deepcopy(vae).cpu(), copy.deepcopy(ema.model).cpu(), scheduler,
                                      latent_scale=latent_scale, image_size=cfg.image_size)
         run_info = {"steps": step, "wall_time_s": round(clock.elapsed, 1), "latent_scale": latent_scale,
@@ -197,48 +207,22 @@ def train_diffusion(config=None, *, resume: bool = False, train_hu: np.ndarray |
             extra["autoencoder_training"] = json.loads(ae_summary.read_text())
         prior.save_pretrained(path, fp16=cfg.export_fp16, extra=extra)
 
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and acc.is_local_main_process),
-               desc="diffusion", dynamic_ncols=True)
-    last_ckpt = clock.elapsed
-    data = infinite_loader(loader)
-    unet.train()
-    while step < cfg.max_steps and clock.elapsed < budget_s:
-        frac = max(step / cfg.max_steps, clock.elapsed / budget_s)
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_factor(step, frac, cfg.warmup_steps, cfg.lr_final_fraction)
-        z0 = next(data)
+    def loss_fn(z0):
         noise = torch.randn_like(z0)
-        t = torch.randint(0, T, (z0.shape[0],), device=z0.device)
+        t = sample_timesteps(z0.shape[0], T, cfg.low_noise_fraction, cfg.low_noise_max_t, device=z0.device)
         a = abar[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         with acc.autocast():
             pred = unet(zt, t).sample
-            loss = torch.nn.functional.mse_loss(pred.float(), noise)
-        acc.backward(loss)
-        acc.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update(acc.unwrap_model(unet))
-        step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == 1:
-            history.append({"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
-                            "elapsed_s": round(clock.elapsed, 1)})
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if not progress and step % (cfg.log_every * 8) == 0:
-                recent = [hh["loss"] for hh in history[-8:] if "loss" in hh]
-                acc.print(f"step {step}: loss {np.mean(recent):.4f} (last {len(recent)} logs), "
-                          f"{clock.elapsed / 60:.1f} min", flush=True)
-        if clock.elapsed - last_ckpt > cfg.checkpoint_every_minutes * 60:
-            save()
-            last_ckpt = clock.elapsed
-    bar.close()
-    save()
+            return torch.nn.functional.mse_loss(pred.float(), noise), {}
+
+    step = train_loop(cfg, acc, unet, opt, ema, acc.unwrap_model(unet), loader, loss_fn, step=step, history=history,
+                      clock=clock, save=save, desc="diffusion", progress=progress)
     summary = {"steps": step, "wall_time_s": round(clock.elapsed, 1), "hardware": hardware_summary(acc.device),
                "num_processes": acc.num_processes, "latent_scale": latent_scale, "latent_encoding_s": encode_s,
                "latents": list(latents.shape), "params": sum(p.numel() for p in ema.model.parameters())}
     if acc.is_main_process:
-        export(out / "prior")
+        export(out / "prior", step)
         write_json(out / "summary.json", summary)
         acc.print(f"diffusion: {step} steps, {summary['wall_time_s'] / 60:.1f} min -> {out / 'prior'}")
     acc.wait_for_everyone()

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,46 +26,36 @@ import torch
 
 from ..config import load_config
 from .common import (
-    EMA, RunClock, hardware_summary, infinite_loader, lr_factor, plot_losses, resume_from, save_state, start_run,
+    EMA, RunClock, TrainRunConfig, hardware_summary, plot_losses, resume_from, save_state, start_run, train_loop,
     write_json,
 )
-from .data import Augment, SliceDataset, build_cache, load_cache
+from .data import SliceDataset, build_cache, load_cache
 
 __all__ = ["FBPUNetTrainConfig", "train_fbp_unet"]
 
 
 @dataclass(frozen=True)
-class FBPUNetTrainConfig:
-    """Settings of :func:`train_fbp_unet` (YAML: ``configs/train_fbp_unet.yaml``)."""
+class FBPUNetTrainConfig(TrainRunConfig):
+    """Settings of :func:`train_fbp_unet` (YAML: ``configs/train_fbp_unet.yaml``).
+
+    The run, data, schedule and budget fields come from :class:`~ctresample.training.common.TrainRunConfig`.
+    """
 
     output_dir: str = "runs/fbp_unet"
     export_dir: str | None = None        # also copy the final weights here (e.g. ctresample/pretrained/fbp-unet-25v)
-    data_root: str | None = None         # None: <repo>/../shared/data/ct
-    split_file: str | None = None        # None: configs/data_split.yaml
-    cache_dir: str | None = None         # None: <repo>/runs/cache
-    image_size: int = 256
     n_views: int = 25                    # views of the simulated sinograms (the network is tied to it)
     fbp_filter: str = "ram-lak"
     noise_probability: float = 0.3       # fraction of training sinograms with Gaussian noise
     noise_max: float = 0.005             # relative sigma ~ U(0, noise_max) (as simulation's gaussian:SIGMA)
     channels: tuple = (32, 64, 128, 256)
     norm_groups: int = 8
-    augment: Augment = field(default_factory=Augment)
     crop: int = 128                      # training crop of the (FBP, target) pair; the net is fully convolutional
-    batch_size: int = 8
     lr: float = 1e-3
     lr_final_fraction: float = 0.05
     warmup_steps: int = 50
-    ema_decay: float = 0.995
-    max_steps: int = 100_000
     max_minutes: float = 25.0
-    log_every: int = 25
-    checkpoint_every_minutes: float = 3.0
     val_every: int = 200
     val_slices: int = 8
-    seed: int = 0
-    num_threads: int | None = 2
-    mixed_precision: str = "no"
 
 
 def _psnr01(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -119,8 +109,6 @@ def train_fbp_unet(config=None, *, resume: bool = False, train_hu: np.ndarray | 
     train_hu, val_hu : ndarray (N, S, S) HU, optional
         In-memory data instead of the cached split (tests).
     """
-    from tqdm.auto import tqdm
-
     from operators import ParallelBeamGeometry, projector_for
 
     from ..models.fbp_unet import _META, FBPConvNet
@@ -154,49 +142,27 @@ def train_fbp_unet(config=None, *, resume: bool = False, train_hu: np.ndarray | 
     ckpt_path = out / "checkpoint.pt"
     step, history, already = resume_from(ckpt_path, acc.unwrap_model(net), opt, ema, acc, resume)
     clock = RunClock(already)
-    budget_s = cfg.max_minutes * 60.0
 
-    def save():
+    def save(step):
         save_state(ckpt_path, acc, acc.unwrap_model(net), opt, ema, step=step, history=history, clock=clock, cfg=cfg)
         if acc.is_main_process:
             plot_losses(history, out / "loss.png", title="fbp-unet", keys=("loss",), val_key="val_psnr")
 
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and acc.is_local_main_process),
-               desc="fbp-unet", dynamic_ncols=True)
-    last_ckpt = clock.elapsed
-    data = infinite_loader(loader)
-    net.train()
-    while step < cfg.max_steps and clock.elapsed < budget_s:
-        frac = max(step / cfg.max_steps, clock.elapsed / budget_s)
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_factor(step, frac, cfg.warmup_steps, cfg.lr_final_fraction)
-        tgt = next(data)
-        inp = _make_pairs(tgt, geom, cfg, A)
-        inp, tgt = _crop_pair(inp, tgt, cfg.crop)
+    def loss_fn(tgt):
+        inp, tgt = _crop_pair(_make_pairs(tgt, geom, cfg, A), tgt, cfg.crop)
         with acc.autocast():
-            loss = (net(inp).float() - tgt).pow(2).mean()
-        acc.backward(loss)
-        acc.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update(acc.unwrap_model(net))
-        step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == 1:
-            history.append({"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
-                            "elapsed_s": round(clock.elapsed, 1)})
-            bar.set_postfix(loss=f"{loss.item():.2e}")
+            return (net(inp).float() - tgt).pow(2).mean(), {}
+
+    def monitor(step):
         if step % cfg.val_every == 0 and acc.is_main_process:
             v = _validate(ema.model, val_in, val_tgt)
             history.append({"step": step, "val_psnr": v, "elapsed_s": round(clock.elapsed, 1)})
             acc.print(f"step {step}: validation PSNR (EMA, {len(val_tgt)} slices) {v:.2f} dB "
                       f"(FBP {fbp_psnr:.2f} dB), {clock.elapsed / 60:.1f} min")
             net.train()
-        if clock.elapsed - last_ckpt > cfg.checkpoint_every_minutes * 60:
-            save()
-            last_ckpt = clock.elapsed
-    bar.close()
-    save()
+
+    step = train_loop(cfg, acc, net, opt, ema, acc.unwrap_model(net), loader, loss_fn, step=step, history=history,
+                      clock=clock, save=save, desc="fbp-unet", progress=progress, after_step=monitor)
     summary = {"steps": step, "wall_time_s": round(clock.elapsed, 1), "hardware": hardware_summary(acc.device),
                "train_slices": int(len(train_hu)), "params": sum(p.numel() for p in ema.model.parameters()),
                "val_fbp_psnr_db": fbp_psnr}

@@ -74,7 +74,7 @@ def test_diffusion_trains_exports_prior(tmp_path):
     vae = build_vae(**TINY_VAE, sample_size=32)
     s = train_diffusion(None, train_hu=hu, vae=vae, progress=False, image_size=32, unet=TINY_UNET,
                         encode_copies=2, batch_size=8, lr=2e-3, warmup_steps=1, lr_final_fraction=1.0,
-                        log_every=1, max_steps=40, max_minutes=5, num_threads=1,
+                        log_every=1, max_steps=40, max_minutes=5, num_threads=1, low_noise_fraction=0.5,
                         output_dir=str(tmp_path / "dm"))
     assert s["steps"] == 40 and s["latents"] == [16, 3, 8, 8]
     state = torch.load(tmp_path / "dm" / "checkpoint.pt", weights_only=False)
@@ -127,3 +127,24 @@ def test_decoder_only_finetune_keeps_encoder(tmp_path):
             assert torch.equal(a, b), name
     assert any(not torch.equal(a, b) for (name, a), b in zip(vae.state_dict().items(), ft.state_dict().values())
                if name.startswith("decoder."))
+
+
+def test_sample_timesteps_mixture():
+    from ctresample.training.diffusion import sample_timesteps
+
+    g = torch.Generator().manual_seed(0)
+    uniform = sample_timesteps(20000, 1000, generator=g)
+    assert uniform.min() >= 0 and uniform.max() < 1000
+    assert abs((uniform < 250).float().mean().item() - 0.25) < 0.015
+    t = sample_timesteps(20000, 1000, 0.5, 250, generator=torch.Generator().manual_seed(0))
+    assert t.min() >= 0 and t.max() < 1000 and t.dtype == torch.long
+    # half the batch from [0, 250), the other half uniform: P(t < 250) = 0.5 + 0.5 * 0.25
+    assert abs((t < 250).float().mean().item() - 0.625) < 0.015
+    assert (t >= 900).any()  # high noise levels are still trained
+    # reproducible from the generator; fraction 0 draws exactly the uniform timesteps
+    assert torch.equal(t, sample_timesteps(20000, 1000, 0.5, 250, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(uniform, sample_timesteps(20000, 1000, 0.0, 250, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="low_noise_fraction"):
+        sample_timesteps(4, 1000, 1.5)
+    with pytest.raises(ValueError, match="low_noise_max_t"):
+        sample_timesteps(4, 1000, 0.5, 0)
