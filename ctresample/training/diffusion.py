@@ -30,7 +30,7 @@ from .common import (
 )
 from .data import Augment, SliceDataset, build_cache, load_cache
 
-__all__ = ["DiffusionTrainConfig", "train_diffusion", "encode_slices", "sample_timesteps"]
+__all__ = ["DiffusionTrainConfig", "train_diffusion", "encode_slices", "sample_timesteps", "subject_weights"]
 
 
 def _default_unet() -> dict:
@@ -62,6 +62,26 @@ class DiffusionTrainConfig(TrainRunConfig):
     max_steps: int = 200_000
     max_minutes: float = 60.0
     export_fp16: bool = False           # the exported prior in float16 (halves its size)
+    init_from: str | None = None        # a prior folder: continue from its UNet and latent_scale (same autoencoder)
+    balance_subjects: float = 0.0       # slice weight n_subject ** -b: 0 = every slice alike, 1 = every subject alike
+
+
+def subject_weights(subject: np.ndarray, balance: float, copies: int = 1) -> torch.Tensor | None:
+    """Sampling weight of every latent: ``n_s ** -balance`` for a slice of a subject with ``n_s`` slices.
+
+    ``subject`` (N,) holds the subject index of each cached slice; the latents are ``copies``
+    encodings of those N slices in order (copy-major). ``balance = 0`` returns ``None`` (plain
+    shuffling); 1 gives every subject the same share of the batches; 0.5 a share growing with
+    the square root of its slice count.
+    """
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f"balance_subjects must be in [0, 1], got {balance}")
+    if balance == 0.0:
+        return None
+    subject = np.asarray(subject)
+    counts = np.bincount(subject)
+    w = counts[subject].astype(np.float64) ** -balance
+    return torch.as_tensor(np.tile(w, copies), dtype=torch.double)
 
 
 def sample_timesteps(n: int, num_train_timesteps: int, low_fraction: float = 0.0, low_max_t: int = 250,
@@ -160,25 +180,45 @@ def train_diffusion(config=None, *, resume: bool = False, train_hu: np.ndarray |
     if vae is None:
         vae = AutoencoderKL.from_pretrained(cfg.autoencoder, local_files_only=True, torch_dtype=torch.float32)
     vae = vae.to(acc.device).eval().requires_grad_(False)
+    train_subject = None
     if train_hu is None:
-        train_hu = load_cache(build_cache("train", cfg.data_root, cfg.split_file, cfg.cache_dir, cfg.image_size))["hu"]
+        cache = load_cache(build_cache("train", cfg.data_root, cfg.split_file, cfg.cache_dir, cfg.image_size))
+        train_hu, train_subject = cache["hu"], cache["subject"]
     import time
 
     t_enc = time.time()
     raw = _latents(cfg, vae, train_hu, out, acc)
     encode_s = round(time.time() - t_enc, 1)
-    latent_scale = float(1.0 / raw.float().std())
+    init = None
+    if cfg.init_from is not None:
+        # continuing a trained UNet: keep its latent scale, or its inputs would change meaning
+        init = LatentDiffusionPrior.from_pretrained(cfg.init_from)
+        latent_scale = init.latent_scale
+    else:
+        latent_scale = float(1.0 / raw.float().std())
     latents = (raw.float() * latent_scale).half()
-    acc.print(f"latents {tuple(latents.shape)}, latent_scale {latent_scale:.4f}")
+    acc.print(f"latents {tuple(latents.shape)}, latent_scale {latent_scale:.4f} (std of scaled latents "
+              f"{float(latents.float().std()):.3f})")
 
     c, h = latents.shape[1], latents.shape[-1]
-    unet = build_unet(**{"sample_size": h, "in_channels": c, "out_channels": c, **cfg.unet})
+    if init is not None:
+        unet = init.unet.float().train().requires_grad_(True)
+    else:
+        unet = build_unet(**{"sample_size": h, "in_channels": c, "out_channels": c, **cfg.unet})
     scheduler = build_scheduler(**cfg.scheduler)
     abar = scheduler.alphas_cumprod.to(acc.device, torch.float32)
     T = scheduler.config.num_train_timesteps
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
     ds = _LatentDataset(latents, cfg.latent_crop)
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=0)
+    copies = len(latents) // max(len(train_hu), 1)
+    weights = subject_weights(train_subject, cfg.balance_subjects, copies) if train_subject is not None else None
+    if weights is not None:
+        sampler = torch.utils.data.WeightedRandomSampler(weights, num_samples=len(latents), replacement=True)
+        loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                                             num_workers=0)
+    else:
+        loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                                             num_workers=0)
     unet, opt, loader = acc.prepare(unet, opt, loader)
     ema = EMA(acc.unwrap_model(unet), cfg.ema_decay)
 
