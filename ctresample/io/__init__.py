@@ -10,13 +10,27 @@ touches file formats. pydicom and nibabel are imported only when needed.
 """
 from __future__ import annotations
 
-from .volume import CTReadWarning, ImageVolume, InputError, affine_from_dicom, axial_affine
+from .volume import (
+    CTReadWarning,
+    DicomReadError,
+    ImageVolume,
+    InputError,
+    SliceGeometry,
+    affine_from_dicom,
+    axial_affine,
+    check_geometry,
+    regular_grid,
+)
 from .readers import image_kind, read_image, read_invesalius, read_npy
 
 __all__ = [
     "CTReadWarning",
+    "DicomReadError",
     "ImageVolume",
     "InputError",
+    "SliceGeometry",
+    "check_geometry",
+    "regular_grid",
     "SinogramStack",
     "affine_from_dicom",
     "axial_affine",

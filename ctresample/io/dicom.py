@@ -13,9 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .volume import CTReadWarning, ImageVolume, InputError, affine_from_dicom
+from .volume import CTReadWarning, DicomReadError, ImageVolume, InputError, affine_from_dicom, check_geometry
 
-__all__ = ["SeriesInfo", "list_series", "read_dicom_series", "read_series_all", "is_dicom_file", "PATIENT_STUDY_TAGS"]
+__all__ = [
+    "SeriesInfo",
+    "list_series",
+    "read_dicom_series",
+    "read_series_all",
+    "is_dicom_file",
+    "is_dicomdir",
+    "PATIENT_STUDY_TAGS",
+    "LOCALIZER_TYPES",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,7 @@ PATIENT_STUDY_TAGS = (
     "FrameOfReferenceUID",
     "PositionReferenceIndicator",
     "PatientPosition",
+    "Laterality",
     "BodyPartExamined",
     "Manufacturer",
     "InstitutionName",
@@ -80,20 +90,67 @@ def is_dicom_file(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def _sop_class_name(ds) -> str:
+    """The SOP class of ``ds`` by name ('CT Image Storage'), or its UID, or ''."""
+    uid = ds.get("SOPClassUID", None)
+    if uid in (None, "") and getattr(ds, "file_meta", None) is not None:
+        uid = ds.file_meta.get("MediaStorageSOPClassUID", None)
+    if uid in (None, ""):
+        return ""
+    try:
+        from pydicom.uid import UID
+
+        return str(UID(str(uid)).name)
+    except Exception:
+        return str(uid)
+
+
+def is_dicomdir(ds_or_path) -> bool:
+    """True for a DICOMDIR (Media Storage Directory) file or dataset."""
+    ds = ds_or_path
+    if isinstance(ds_or_path, (str, Path)):
+        try:
+            ds = _read_header(Path(ds_or_path))
+        except Exception:
+            return False
+        if ds is None:
+            return False
+    return _sop_class_name(ds) == "Media Storage Directory Storage" or "DirectoryRecordSequence" in ds
+
+
 def _read_header(path: Path):
-    """A pydicom dataset without pixel data, or None when ``path`` is not DICOM."""
+    """A pydicom dataset without pixel data, or None when ``path`` is not DICOM.
+
+    Raises :class:`DicomReadError` for a truncated header: an image SOP class (CT Image
+    Storage...) whose header ends before Rows/Columns (pydicom stops quietly at the end of
+    the file), and pydicom's exception for a header it cannot parse.
+    """
     pydicom = _pydicom()
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError:
-        pass
+        ds = None
     except Exception:
         # a DICOM preamble but an unreadable header: corrupt, reported by the caller
         if is_dicom_file(path):
             raise
         return None
+    if ds is not None:
+        if ("Rows" not in ds or "Columns" not in ds) and not is_dicomdir(ds):
+            name = _sop_class_name(ds)
+            if "Image Storage" in name or name == "RT Dose Storage":
+                try:
+                    size = f"{path.stat().st_size} bytes"
+                except OSError:
+                    size = "size unknown"
+                raise DicomReadError(
+                    f"{path}: truncated DICOM header: a {name} file whose header ends before Rows/Columns "
+                    f"(the file is {size}; was it cut short while copying?)",
+                    path=path,
+                )
+        return ds
     # files without the 128-byte preamble (old implicit-VR exports) are still DICOM when
     # forced parsing finds image attributes
     try:
@@ -103,6 +160,93 @@ def _read_header(path: Path):
     except Exception:
         pass
     return None
+
+
+#: ImageType values of projection radiographs planned on (vendors' names for a localizer)
+LOCALIZER_TYPES = ("LOCALIZER", "SCOUT", "SURVIEW", "TOPOGRAM")
+#: modalities whose pixel data are not image intensities
+_NOT_IMAGE_MODALITIES = {
+    "RTDOSE": "an RT Dose grid (Modality RTDOSE): dose values, not a CT image",
+    "SEG": "a segmentation (Modality SEG): labels, not a CT image",
+    "RTIMAGE": "an RT portal image (Modality RTIMAGE): a projection, not a CT slice",
+}
+
+
+def _image_type(ds) -> list[str]:
+    v = ds.get("ImageType", None)
+    if v in (None, ""):
+        return []
+    if isinstance(v, str):
+        v = v.split("\\")
+    return [str(x).strip().upper() for x in v]
+
+
+def _unusable(ds) -> tuple[str, str] | None:
+    """``(kind, reason)`` when an image file cannot be a CT slice, else None."""
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    pi = str(ds.get("PhotometricInterpretation", "") or "").upper()
+    if spp > 1 or pi.startswith(("RGB", "YBR", "PALETTE")):
+        return "colour", f"colour image (SamplesPerPixel {spp}, PhotometricInterpretation {pi or '?'}), not a CT slice"
+    itype = _image_type(ds)
+    if "MOSAIC" in itype:
+        return "mosaic", (
+            "Siemens MOSAIC image (several slices tiled in one frame), not supported: convert the series with "
+            "dcm2niix and read the NIfTI"
+        )
+    loc = [t for t in LOCALIZER_TYPES if t in itype]
+    if loc:
+        return "localizer", f"CT localizer (ImageType {'/'.join(itype)}): a projection radiograph, not an axial slice"
+    modality = str(ds.get("Modality", "") or "").upper()
+    if modality in _NOT_IMAGE_MODALITIES:
+        return modality.lower(), _NOT_IMAGE_MODALITIES[modality]
+    return None
+
+
+def _orientation(ds):
+    ori = ds.get("ImageOrientationPatient", None)
+    if ori is None:
+        item = _get_seq_item(ds, "SharedFunctionalGroupsSequence", "PlaneOrientationSequence")
+        ori = None if item is None else item.get("ImageOrientationPatient", None)
+    try:
+        o = np.asarray([float(v) for v in ori], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return o if o.shape == (6,) and np.isfinite(o).all() else None
+
+
+#: a slice normal further than this from the patient's head-foot axis is not axial
+AXIAL_MAX_TILT_DEG = 45.0
+
+
+def _plane(ori) -> str:
+    """'axial', 'coronal', 'sagittal' or 'oblique' for 6 direction cosines (LPS)."""
+    n = np.cross(ori[:3], ori[3:])
+    n = n / (np.linalg.norm(n) or 1.0)
+    a = int(np.argmax(np.abs(n)))
+    if abs(n[2]) >= np.cos(np.deg2rad(AXIAL_MAX_TILT_DEG)):
+        return "axial"
+    if abs(n[a]) < np.cos(np.deg2rad(AXIAL_MAX_TILT_DEG)):
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[a]
+
+
+def _single_surview(info: "SeriesInfo", ds) -> str | None:
+    """Reason when a series is a single non-axial CT image: a localizer by another name."""
+    if info.n_frames != 1 or info.modality.upper() != "CT":
+        return None
+    itype = _image_type(ds)
+    if len(itype) > 2 and itype[2] == "AXIAL":
+        return None
+    ori = _orientation(ds)
+    if ori is None:
+        return None
+    plane = _plane(ori)
+    if plane == "axial":
+        return None
+    return (
+        f"a single {plane} CT image (ImageOrientationPatient {[round(float(v), 4) for v in ori]}), "
+        "probably a localizer (scout / surview), not an axial slice"
+    )
 
 
 def _series_key(ds) -> str:
@@ -119,34 +263,71 @@ def _collect_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-def _scan(folder: Path, strict: bool) -> tuple[dict[str, SeriesInfo], list[str]]:
-    """Group the DICOM image files under ``folder`` by series."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise InputError(f"{folder}: no such file or folder")
-    files = _collect_files(folder)
+def _warn(msg: str, notes: list[str], stacklevel: int = 3) -> None:
+    warnings.warn(msg, CTReadWarning, stacklevel=stacklevel + 1)
+    notes.append(msg)
+
+
+def _dicomdir_files(path: Path, notes: list[str]) -> list[Path]:
+    """The files a DICOMDIR lists (ReferencedFileID, relative to its folder) that exist."""
+    pydicom = _pydicom()
+    try:
+        ds = pydicom.dcmread(path)
+        records = list(ds.get("DirectoryRecordSequence", None) or [])
+    except Exception as exc:
+        raise DicomReadError(f"{path}: unreadable DICOMDIR ({type(exc).__name__}: {exc})", path=path) from exc
+    files, missing = [], []
+    for rec in records:
+        ref = rec.get("ReferencedFileID", None)
+        if ref in (None, ""):
+            continue
+        parts = [ref] if isinstance(ref, str) else [str(v) for v in ref]
+        f = path.parent.joinpath(*parts)
+        if not f.is_file():  # media written on case-insensitive systems
+            alt = path.parent.joinpath(*[q.lower() for q in parts])
+            f = alt if alt.is_file() else f
+        (files if f.is_file() else missing).append(f)
+    if missing:
+        _warn(f"{path}: the DICOMDIR lists {len(missing)} file(s) that do not exist (e.g. {missing[0]})", notes)
     if not files:
-        raise InputError(f"{folder}: the folder is empty")
+        raise DicomReadError(
+            f"{path}: a DICOMDIR index that lists no existing image file ({len(missing)} listed); "
+            "give the folder of the series instead",
+            path=path,
+        )
+    return list(dict.fromkeys(files))
+
+
+def _group(files: list[Path], where: Path, strict: bool, notes: list[str]) -> dict[str, SeriesInfo]:
+    """Group DICOM image files by series; skip (with a warning) what cannot be a CT slice."""
     series: dict[str, SeriesInfo] = {}
-    notes: list[str] = []
-    n_non_dicom = 0
+    firsts: dict[str, object] = {}
+    skipped: dict[str, list[tuple[Path, str]]] = {}
+    non_dicom: list[Path] = []
     for path in files:
         try:
             ds = _read_header(path)
+        except DicomReadError as exc:
+            if strict:
+                raise DicomReadError(str(exc) + " (--strict)", path=path) from exc
+            _warn(str(exc) + "; skipped", notes, stacklevel=4)
+            continue
         except Exception as exc:
             msg = f"{path}: corrupt DICOM header ({type(exc).__name__}: {exc})"
             if strict:
-                raise InputError(msg) from exc
-            warnings.warn(msg + "; skipped", CTReadWarning, stacklevel=3)
-            notes.append(msg)
+                raise DicomReadError(msg + " (--strict)", path=path) from exc
+            _warn(msg + "; skipped", notes, stacklevel=4)
             continue
         if ds is None:
-            n_non_dicom += 1
-            if path.suffix.lower() not in {".json", ".txt", ".md", ".csv"}:
-                notes.append(f"{path}: not a DICOM file, ignored")
+            non_dicom.append(path)
             continue
         if "Rows" not in ds or "Columns" not in ds:
-            notes.append(f"{path}: DICOM without an image (e.g. a report or DICOMDIR), ignored")
+            what = "a DICOMDIR index" if is_dicomdir(ds) else f"DICOM without an image ({_sop_class_name(ds) or 'no SOP class'})"
+            notes.append(f"{path}: {what}, ignored")
+            continue
+        bad = _unusable(ds)
+        if bad is not None:
+            skipped.setdefault(bad[0], []).append((path, bad[1]))
             continue
         key = _series_key(ds)
         info = series.get(key)
@@ -156,19 +337,56 @@ def _scan(folder: Path, strict: bool) -> tuple[dict[str, SeriesInfo], list[str]]
                 description=str(ds.get("SeriesDescription", "") or ""),
                 modality=str(ds.get("Modality", "") or ""),
             )
+            firsts[key] = ds
         info.files.append(path)
         info.n_frames += int(ds.get("NumberOfFrames", 1) or 1)
         info.shapes.add((int(ds.Rows), int(ds.Columns)))
-    if n_non_dicom:
+    for key in list(series):
+        reason = _single_surview(series[key], firsts[key])
+        if reason is not None:
+            skipped.setdefault("localizer", []).append((series[key].files[0], reason))
+            del series[key]
+    if non_dicom:
+        shown = [p for p in non_dicom if p.suffix.lower() not in {".json", ".txt", ".md", ".csv"}]
+        for p in shown:
+            notes.append(f"{p}: not a DICOM file, ignored")
         warnings.warn(
-            f"{folder}: ignored {n_non_dicom} non-DICOM file(s)"
-            + (f", e.g. {next(n for n in notes if 'not a DICOM' in n).split(':')[0]}" if any("not a DICOM" in n for n in notes) else ""),
+            f"{where}: ignored {len(non_dicom)} non-DICOM file(s)" + (f", e.g. {shown[0]}" if shown else ""),
             CTReadWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
+    for kind, items in skipped.items():
+        path, reason = items[0]
+        if len(items) == 1:
+            _warn(f"{path}: {reason}; skipped", notes, stacklevel=4)
+        else:
+            _warn(f"{where}: skipped {len(items)} file(s) that are not CT slices: {reason} (e.g. {path})", notes, stacklevel=4)
     if not series:
-        raise InputError(f"{folder}: no DICOM image files found ({len(files)} file(s) looked at)")
-    return series, notes
+        if skipped:
+            items = [it for v in skipped.values() for it in v]
+            first = "; ".join(f"{p}: {r}" for p, r in items[:3])
+            more = f" (and {len(items) - 3} more)" if len(items) > 3 else ""
+            raise DicomReadError(
+                f"{where}: no CT image series: {len(items)} image file(s), none a CT slice: {first}{more}",
+                path=items[0][0] if len(items) == 1 else where,
+            )
+        raise DicomReadError(f"{where}: no DICOM image files found ({len(files)} file(s) looked at)", path=where)
+    return series
+
+
+def _scan(folder: Path, strict: bool, notes: list[str] | None = None) -> tuple[dict[str, SeriesInfo], list[str]]:
+    """Group the DICOM image files under ``folder`` (or listed by a DICOMDIR file) by series."""
+    folder = Path(folder)
+    notes = [] if notes is None else notes
+    if not folder.exists():
+        raise DicomReadError(f"{folder}: no such file or folder", path=folder)
+    if folder.is_file():
+        files = _dicomdir_files(folder, notes) if is_dicomdir(folder) else [folder]
+    else:
+        files = _collect_files(folder)
+        if not files:
+            raise DicomReadError(f"{folder}: the folder is empty", path=folder)
+    return _group(files, folder, strict, notes), notes
 
 
 def list_series(folder, *, strict: bool = False) -> list[SeriesInfo]:
@@ -214,25 +432,48 @@ class _Slice:
     path: Path
     frame: int
     thickness: float | None
+    sop_uid: str = ""
+
+    @property
+    def name(self) -> str:
+        return str(self.path) + (f"#{self.frame}" if self.frame else "")
+
+
+class _NoPixelData(DicomReadError):
+    pass
+
+
+def _modality_lut(arr: np.ndarray, ds) -> np.ndarray:
+    """Stored values through the Modality LUT Sequence (pydicom's ``apply_modality_lut``)."""
+    try:
+        from pydicom.pixels import apply_modality_lut
+    except ImportError:  # pydicom < 3
+        from pydicom.pixel_data_handlers.util import apply_modality_lut
+    return np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
 
 
 def _decode(path: Path, strict: bool, notes: list[str], modality_warned: set) -> tuple[list[_Slice], object]:
     pydicom = _pydicom()
     ds = pydicom.dcmread(path, force=True)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise InputError(f"{path}: DICOM file holds no pixel data")
+        raise _NoPixelData(f"{path}: DICOM file holds no pixel data (cut short before its image?)", path=path)
+    bad = _unusable(ds)
+    if bad is not None:
+        raise DicomReadError(f"{path}: {bad[1]}", path=path)
     arr = ds.pixel_array
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     if n_frames == 1 and arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
-        raise InputError(f"{path}: unsupported pixel array shape {arr.shape} (colour images are not CT)")
+        raise DicomReadError(f"{path}: unsupported pixel array shape {arr.shape} (colour images are not CT)", path=path)
     modality = str(ds.get("Modality", "") or "")
     if modality and modality != "CT" and modality not in modality_warned:
         modality_warned.add(modality)
-        msg = f"{path}: modality is {modality!r}, not CT: values are used as HU as they are"
-        warnings.warn(msg, CTReadWarning, stacklevel=4)
-        notes.append(msg)
+        _warn(f"{path}: modality is {modality!r}, not CT: values are used as HU as they are", notes, stacklevel=4)
+    is_float = "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+    has_lut = bool(ds.get("ModalityLUTSequence", None))
+    lut_values = None
+    sop_uid = str(ds.get("SOPInstanceUID", "") or "")
     out = []
     for f in range(arr.shape[0]):
         slope = _frame_attr(ds, f, "PixelValueTransformationSequence", "RescaleSlope")
@@ -241,17 +482,27 @@ def _decode(path: Path, strict: bool, notes: list[str], modality_warned: set) ->
             slope = ds.get("RescaleSlope")
         if inter is None:
             inter = ds.get("RescaleIntercept")
-        is_float = "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
-        if (slope is None or inter is None) and not is_float:
-            msg = f"{path}: RescaleSlope/RescaleIntercept missing; assuming stored values are HU (slope 1, intercept 0)"
-            if strict:
-                raise InputError(msg + " (--strict)")
-            if not any("Rescale" in n and str(path) in n for n in notes):
-                warnings.warn(msg, CTReadWarning, stacklevel=4)
-                notes.append(msg)
-        slope = 1.0 if slope is None else float(slope)
-        inter = 0.0 if inter is None else float(inter)
-        pix = arr[f].astype(np.float32) * np.float32(slope) + np.float32(inter)
+        if (slope is None or inter is None) and has_lut and not is_float:
+            # Modality LUT Sequence instead of rescale tags (the two are exclusive in DICOM)
+            if lut_values is None:
+                try:
+                    lut_values = _modality_lut(arr, ds)
+                except Exception as exc:
+                    raise DicomReadError(f"{path}: unusable Modality LUT Sequence ({type(exc).__name__}: {exc})", path=path) from exc
+            pix = lut_values[f]
+        else:
+            if (slope is None or inter is None) and not is_float:
+                msg = (
+                    f"{path}: RescaleSlope/RescaleIntercept missing (and no Modality LUT); "
+                    "assuming stored values are HU (slope 1, intercept 0)"
+                )
+                if strict:
+                    raise DicomReadError(msg + " (--strict)", path=path)
+                if not any("Rescale" in n and str(path) in n for n in notes):
+                    _warn(msg, notes, stacklevel=4)
+            slope = 1.0 if slope is None else float(slope)
+            inter = 0.0 if inter is None else float(inter)
+            pix = arr[f].astype(np.float32) * np.float32(slope) + np.float32(inter)
         pos = _frame_attr(ds, f, "PlanePositionSequence", "ImagePositionPatient")
         if pos is None:
             pos = ds.get("ImagePositionPatient")
@@ -267,7 +518,7 @@ def _decode(path: Path, strict: bool, notes: list[str], modality_warned: set) ->
         inst = ds.get("InstanceNumber")
         out.append(
             _Slice(
-                pixels=pix,
+                pixels=np.asarray(pix, dtype=np.float32),
                 position=None if pos is None else np.asarray([float(v) for v in pos]),
                 orientation=None if ori is None else np.asarray([float(v) for v in ori]),
                 spacing=None if sp is None else (float(sp[0]), float(sp[1])),
@@ -275,6 +526,7 @@ def _decode(path: Path, strict: bool, notes: list[str], modality_warned: set) ->
                 path=path,
                 frame=f,
                 thickness=None if th in (None, "") else float(th),
+                sop_uid=sop_uid,
             )
         )
     return out, ds
@@ -287,7 +539,10 @@ def _tags_to_copy(ds) -> dict:
             v = ds.get(kw)
             if v is None or v == "":
                 continue
-            if hasattr(v, "__iter__") and not isinstance(v, (str, bytes)):
+            from pydicom.multival import MultiValue
+
+            # multi-valued elements as lists; PersonName is iterable but one value
+            if isinstance(v, (MultiValue, list, tuple)):
                 v = [str(x) for x in v]
             else:
                 v = str(v)
@@ -295,88 +550,162 @@ def _tags_to_copy(ds) -> dict:
     return tags
 
 
+def _pick_series(found: dict[str, SeriesInfo], series: str | None, source: Path) -> list[Path]:
+    if series is not None:
+        if series not in found:
+            raise DicomReadError(
+                f"{source}: no series {series!r}; series found:\n  " + "\n  ".join(str(s) for s in found.values()),
+                path=source,
+            )
+        return found[series].files
+    if len(found) > 1:
+        listing = "\n  ".join(str(s) for s in sorted(found.values(), key=lambda s: s.uid))
+        raise DicomReadError(
+            f"{source}: holds {len(found)} image series; pick one with series=<UID> (CLI: --series UID) "
+            f"or process all with read_series_all():\n  {listing}",
+            path=source,
+        )
+    return next(iter(found.values())).files
+
+
+def _duplicate_error(source: Path, slices: list[_Slice], pos: np.ndarray) -> DicomReadError | None:
+    """The error for slices that share a position (None when all positions differ)."""
+    from .volume import DUPLICATE_TOL_MM
+
+    gaps = np.diff(pos)
+    bad = np.nonzero(gaps < DUPLICATE_TOL_MM)[0]
+    if not len(bad):
+        return None
+    k = int(bad[0])
+    a, b = slices[k], slices[k + 1]
+    n_involved = len(set(bad.tolist()) | set((bad + 1).tolist()))
+    if a.path == b.path:
+        frames = sum(1 for s in slices if s.path == a.path)
+        why = (
+            f"{n_involved} of the {frames} frames of {a.path} share one position ({pos[k]:.6g} mm along the slice "
+            "normal): frames without their own positions are not a 3D volume"
+        )
+    elif a.sop_uid and a.sop_uid == b.sop_uid:
+        why = (
+            f"{a.path} and {b.path} are the same image (SOPInstanceUID {a.sop_uid}) at {pos[k]:.6g} mm: "
+            "remove the copy"
+        )
+    else:
+        why = (
+            f"{n_involved} of {len(slices)} slices share a position with another slice (e.g. {a.name} and {b.name}, at "
+            f"{pos[k]:.6g} mm along the slice normal): several acquisitions or time points in one series? "
+            "Keep one slice per position"
+        )
+    return DicomReadError(f"{source}: {why}", path=a.path if a.path == b.path or len(bad) == 1 else source)
+
+
 def read_dicom_series(
     source, *, series: str | None = None, strict: bool = False, files: list[Path] | None = None
 ) -> ImageVolume:
-    """Read one DICOM image series from a folder (or a single file) into HU.
+    """Read one DICOM image series from a folder, a single file or a DICOMDIR into HU.
 
     Parameters
     ----------
     source : path
-        A folder (searched recursively) or one DICOM file (single- or multi-frame).
+        A folder (searched recursively), one DICOM file (single- or multi-frame), or a
+        DICOMDIR (the files it lists are read, as from a folder).
     series : str, optional
         SeriesInstanceUID to read when the folder holds several series.
     strict : bool
-        Raise on a corrupt file or a missing rescale tag instead of warning.
+        Raise on a corrupt or truncated file or a missing rescale tag instead of warning.
+    files : list of paths, optional
+        Read exactly these files as one series (``source`` only names it in messages).
+
+    Raises
+    ------
+    DicomReadError
+        (an :class:`InputError`) naming the file and the problem; its ``.warnings`` hold
+        what was warned about before the failure.
     """
-    source = Path(source)
     notes: list[str] = []
+    try:
+        return _read_dicom_series(Path(source), series, strict, files, notes)
+    except InputError as exc:
+        exc.add_warnings(notes)
+        raise
+
+
+def _read_dicom_series(source: Path, series, strict: bool, files, notes: list[str]) -> ImageVolume:
     if files is None:
-        if source.is_file():
+        if source.is_file() and not is_dicomdir(source):
+            try:
+                hdr = _read_header(source)
+            except DicomReadError:
+                raise
+            except Exception as exc:
+                raise DicomReadError(f"{source}: corrupt DICOM header ({type(exc).__name__}: {exc})", path=source) from exc
+            if hdr is None:
+                raise DicomReadError(f"{source}: not a DICOM file", path=source)
+            if "Rows" in hdr and "Columns" in hdr:
+                bad = _unusable(hdr)
+                if bad is not None:
+                    raise DicomReadError(f"{source}: {bad[1]}", path=source)
+                info = SeriesInfo(uid="", description="", modality=str(hdr.get("Modality", "") or ""), n_frames=int(hdr.get("NumberOfFrames", 1) or 1))
+                reason = _single_surview(info, hdr)
+                if reason is not None:
+                    raise DicomReadError(f"{source}: {reason}", path=source)
             files = [source]
         else:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", CTReadWarning)
-                found, notes = _scan(source, strict)
-            for w in caught:
-                warnings.warn(w.message, w.category, stacklevel=2)
-            if series is not None:
-                if series not in found:
-                    raise InputError(
-                        f"{source}: no series {series!r}; series found:\n  " + "\n  ".join(str(s) for s in found.values())
-                    )
-                files = found[series].files
-            elif len(found) > 1:
-                listing = "\n  ".join(str(s) for s in sorted(found.values(), key=lambda s: s.uid))
-                raise InputError(
-                    f"{source}: holds {len(found)} image series; pick one with series=<UID> (CLI: --series UID) "
-                    f"or process all with read_series_all():\n  {listing}"
-                )
-            else:
-                files = next(iter(found.values())).files
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", CTReadWarning)
+                    found, _ = _scan(source, strict, notes)
+            finally:
+                for w in caught:
+                    warnings.warn(w.message, w.category, stacklevel=3)
+            files = _pick_series(found, series, source)
     slices: list[_Slice] = []
     first_ds = None
     modality_warned: set = set()
     for path in files:
         try:
             got, ds = _decode(path, strict, notes, modality_warned)
+        except _NoPixelData as exc:
+            if strict or len(files) == 1:
+                raise DicomReadError(str(exc) + (" (--strict)" if strict and len(files) > 1 else ""), path=path) from exc
+            _warn(str(exc) + "; skipped", notes)
+            continue
         except InputError:
             raise
         except Exception as exc:
             msg = f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})"
             if strict or len(files) == 1:
-                raise InputError(msg) from exc
-            warnings.warn(msg + "; skipped", CTReadWarning, stacklevel=2)
-            notes.append(msg)
+                raise DicomReadError(msg, path=path) from exc
+            _warn(msg + "; skipped", notes)
             continue
         if first_ds is None:
             first_ds = ds
         slices.extend(got)
     if not slices:
-        raise InputError(f"{source}: no readable DICOM slice")
+        raise DicomReadError(f"{source}: no readable DICOM slice ({len(files)} file(s), all skipped)", path=source)
 
-    shapes = {}
+    shapes: dict = {}
     for s in slices:
         shapes.setdefault(s.pixels.shape, []).append(s.path)
     if len(shapes) > 1:
-        desc = "; ".join(f"{h}x{w}: {len(p)} file(s), e.g. {p[0]}" for (h, w), p in shapes.items())
-        raise InputError(f"{source}: slices of different sizes in one series ({desc})")
+        parts = []
+        for (h, w), paths in shapes.items():
+            n_files = len(dict.fromkeys(paths))
+            frames = f" ({len(paths)} slices)" if len(paths) != n_files else ""
+            parts.append(f"{h}x{w}: {n_files} file(s){frames}, e.g. {paths[0]}")
+        raise DicomReadError(f"{source}: slices of different sizes in one series ({'; '.join(parts)})", path=source)
 
     # order along the normal; fall back to InstanceNumber when positions are missing
     have_geo = all(s.position is not None and s.orientation is not None for s in slices)
     if have_geo:
         ori = slices[0].orientation
         if any(not np.allclose(s.orientation, ori, atol=1e-4) for s in slices):
-            msg = f"{source}: slices have different orientations; ordering by position along the first slice's normal"
-            warnings.warn(msg, CTReadWarning, stacklevel=2)
-            notes.append(msg)
+            _warn(f"{source}: slices have different orientations; ordering by position along the first slice's normal", notes)
         normal = np.cross(ori[:3], ori[3:])
         pos = np.array([float(s.position @ normal) for s in slices])
         order = np.lexsort((np.array([s.instance for s in slices]), pos))
     else:
-        msg = f"{source}: ImagePositionPatient/ImageOrientationPatient missing; ordering by InstanceNumber"
-        warnings.warn(msg, CTReadWarning, stacklevel=2)
-        notes.append(msg)
+        _warn(f"{source}: ImagePositionPatient/ImageOrientationPatient missing; ordering by InstanceNumber", notes)
         ori = np.array([1.0, 0, 0, 0, 1, 0])
         normal = np.array([0.0, 0.0, 1.0])
         order = np.argsort(np.array([s.instance for s in slices]), kind="stable")
@@ -384,17 +713,14 @@ def read_dicom_series(
     slices = [slices[i] for i in order]
     if have_geo:
         pos = pos[order]
-        dup = np.nonzero(np.diff(pos) < 1e-4)[0]
-        if len(dup):
-            msg = f"{source}: {len(dup)} slice(s) share a position with their neighbour (e.g. {slices[dup[0]].path})"
-            warnings.warn(msg, CTReadWarning, stacklevel=2)
-            notes.append(msg)
+        err = _duplicate_error(source, slices, pos)
+        if err is not None:
+            raise err
 
     spacing = slices[0].spacing
-    if spacing is None:
-        msg = f"{source}: PixelSpacing missing; assuming 1 mm"
-        warnings.warn(msg, CTReadWarning, stacklevel=2)
-        notes.append(msg)
+    if spacing is None or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        what = "missing" if spacing is None else f"invalid ({spacing[0]:g}, {spacing[1]:g})"
+        _warn(f"{source}: PixelSpacing {what}; assuming 1 mm", notes)
         spacing = (1.0, 1.0)
     thickness = slices[0].thickness
     if have_geo:
@@ -402,13 +728,35 @@ def read_dicom_series(
         if len(slices) > 1:
             step = (slices[-1].position - first) / (len(slices) - 1)
             gaps = np.diff(pos)
-            if gaps.size and (gaps.max() - gaps.min()) > 0.01 * max(abs(np.median(gaps)), 1e-6) + 1e-3:
-                msg = (
-                    f"{source}: irregular slice spacing ({gaps.min():.3g}..{gaps.max():.3g} mm); the affine uses the mean, "
-                    "slice_positions keep the exact values"
+            from .volume import is_regular, nifti_problem, regular_slice_positions
+
+            if not is_regular(pos):
+                k = int(np.argmax(np.abs(gaps - np.median(gaps))))
+                grid = regular_slice_positions(pos)
+                problem = nifti_problem(pos, source=source)
+                nifti = (
+                    f"NIfTI volumes are resampled along z onto a regular {(grid[1] - grid[0]):.4g} mm grid "
+                    f"({len(grid)} slices)"
+                    if problem is None
+                    else "no NIfTI can be written (" + problem.split(": ", 2)[-1].split(";")[0] + ")"
                 )
-                warnings.warn(msg, CTReadWarning, stacklevel=2)
-                notes.append(msg)
+                _warn(
+                    f"{source}: irregular slice spacing (gaps {gaps.min():.3g}..{gaps.max():.3g} mm, e.g. "
+                    f"{gaps[k]:.3g} mm after {slices[k].name}): slice_positions keep each slice's position and "
+                    f"derived DICOM series are written there; {nifti}",
+                    notes,
+                )
+            # origins off the line from the first to the last slice: the affine cannot hold them
+            t = (pos - pos[0]) / max(float(step @ normal), 1e-12)
+            off = np.array([s.position for s in slices]) - (first[None, :] + t[:, None] * step[None, :])
+            worst = float(np.abs(off).max())
+            if worst > max(0.01 * min(spacing), 1e-3):
+                j = int(np.argmax(np.abs(off).max(axis=1)))
+                _warn(
+                    f"{source}: slice origins are not on one line (up to {worst:.3g} mm off, e.g. {slices[j].name}): "
+                    "they are placed on the line from the first to the last slice",
+                    notes,
+                )
         else:
             step = normal * (thickness or 1.0)
     else:
@@ -418,7 +766,7 @@ def read_dicom_series(
     affine = affine_from_dicom(ori, first, spacing, step)
     hu = np.stack([s.pixels for s in slices]).astype(np.float32)
     if not np.isfinite(hu).all():
-        raise InputError(f"{source}: pixel data hold NaN or Inf values")
+        raise DicomReadError(f"{source}: pixel data hold NaN or Inf values", path=source)
     ds = first_ds
     meta = {
         "format": "dicom",
@@ -428,12 +776,15 @@ def read_dicom_series(
         "series_description": str(ds.get("SeriesDescription", "") or ""),
         "series_number": str(ds.get("SeriesNumber", "") or ""),
         "orientation": [float(v) for v in ori],
+        "plane": _plane(np.asarray(ori, dtype=np.float64)),
         "slice_thickness": thickness,
-        "files": [str(s.path) + (f"#{s.frame}" if s.frame else "") for s in slices],
+        "files": [s.name for s in slices],
         "dicom_tags": _tags_to_copy(ds),
         "warnings": notes,
     }
-    return ImageVolume(hu=hu, pixel_spacing=spacing, slice_positions=pos, affine=affine, metadata=meta, source=source)
+    vol = ImageVolume(hu=hu, pixel_spacing=spacing, slice_positions=pos, affine=affine, metadata=meta, source=source)
+    check_geometry(vol)
+    return vol
 
 
 def read_series_all(folder, *, strict: bool = False) -> list[ImageVolume]:

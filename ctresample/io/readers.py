@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .volume import CTReadWarning, ImageVolume, InputError, axial_affine
+from .volume import CTReadWarning, ImageVolume, InputError, axial_affine, check_geometry
 
 __all__ = ["read_image", "read_npy", "read_invesalius", "is_invesalius", "image_kind"]
 
@@ -120,13 +120,14 @@ def read_image(path, *, series: str | None = None, strict: bool = False, spacing
     ----------
     path : path
         A DICOM folder (searched recursively, grouped by series), one DICOM file (single- or
-        multi-frame), a NIfTI file (``.nii``/``.nii.gz``), a ``.npy`` array (``(Z, H, W)``
+        multi-frame), a DICOMDIR (the files it lists), a NIfTI file (``.nii``/``.nii.gz``), a ``.npy`` array (``(Z, H, W)``
         or ``(H, W)`` HU) or an InVesalius project folder (``main.plist`` + ``matrix.dat``).
     series : str, optional
         SeriesInstanceUID to read from a folder holding several series (otherwise such a
         folder is an error that lists them; see :func:`~ctresample.io.read_series_all`).
     strict : bool
-        Corrupt DICOM files and missing rescale tags are errors instead of warnings.
+        Corrupt or truncated DICOM files and missing rescale tags are errors instead of
+        warnings (files that are not CT slices, e.g. localizers, are skipped either way).
     spacing : float or tuple, optional
         For ``.npy`` only: pixel spacing in mm, ``(row, col)`` or ``(row, col, slice)``
         (default 1 mm).
@@ -140,17 +141,23 @@ def read_image(path, *, series: str | None = None, strict: bool = False, spacing
     Raises
     ------
     InputError
-        With a message naming the offending file or folder.
+        With a message naming the offending file or folder (``.path``), and the warnings
+        raised before the failure (``.warnings``; ``full_message()`` shows both). Nothing
+        is returned that :func:`~ctresample.io.volume.check_geometry` would refuse (two
+        slices at one position, a singular affine), so callers can read, then write.
     """
     kind = image_kind(path)
+    if kind in ("dicom-file", "dicom-folder"):
+        from .dicom import read_dicom_series
+
+        return read_dicom_series(path, series=series, strict=strict)  # checks its geometry
     if kind == "nifti":
         from .nifti import read_nifti
 
-        return read_nifti(path)
-    if kind == "npy":
-        return read_npy(path, spacing=spacing)
-    if kind == "invesalius":
-        return read_invesalius(path)
-    from .dicom import read_dicom_series
-
-    return read_dicom_series(path, series=series, strict=strict)
+        vol = read_nifti(path)
+    elif kind == "npy":
+        vol = read_npy(path, spacing=spacing)
+    else:
+        vol = read_invesalius(path)
+    check_geometry(vol)
+    return vol

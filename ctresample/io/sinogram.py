@@ -56,8 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..geometry import ParallelBeamGeometry
-from .volume import CTReadWarning, InputError, axial_affine, slice_positions_from_affine
+from operators import ParallelBeamGeometry
+from .volume import CTReadWarning, DicomReadError, InputError, axial_affine, check_geometry, is_regular, slice_positions_from_affine
 from .writers import atomic_write
 
 __all__ = [
@@ -116,6 +116,11 @@ class SinogramStack:
     def n_slices(self) -> int:
         return int(self.sino.shape[0])
 
+    @property
+    def regular_spacing(self) -> bool:
+        """True when the slices are equally spaced (see :attr:`ImageVolume.regular_spacing`)."""
+        return is_regular(self.slice_positions)
+
 
 # ----------------------------------------------------------------------------- quantisation
 def _ds(v: float) -> float:
@@ -154,6 +159,11 @@ class SinogramDicomWriter:
     tags : dict, patient/study attributes to copy
     mu_water : float
     provenance : dict, JSON-friendly (source, noise, seed, ...)
+    slice_positions : ndarray, (Z,), mm, optional
+        The true position of each slice along the normal (``ImageVolume.slice_positions``;
+        they matter when the spacing is irregular). Stored per slice (slice JSON key
+        ``"slice_position"``, and ``SliceLocation``) and returned by :func:`read_sinogram`;
+        without them the positions follow ``volume_affine``.
     """
 
     def __init__(
@@ -169,6 +179,7 @@ class SinogramDicomWriter:
         provenance: dict | None = None,
         description: str = "ctresample sinograms",
         series_number: int = 8000,
+        slice_positions=None,
     ):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -181,6 +192,12 @@ class SinogramDicomWriter:
         self.provenance = dict(provenance or {})
         self.description = description
         self.series_number = series_number
+        self.slice_positions = None
+        if slice_positions is not None:
+            pos = np.asarray(slice_positions, dtype=np.float64).reshape(-1)
+            if len(pos) != self.n_slices:
+                raise ValueError(f"{len(pos)} slice positions for {self.n_slices} slices")
+            self.slice_positions = pos
 
     def path(self, k: int) -> Path:
         return self.folder / f"SINO_{k:05d}.dcm"
@@ -193,7 +210,7 @@ class SinogramDicomWriter:
         from pydicom.dataset import FileDataset, FileMetaDataset
         from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
-        from .writers import deterministic_uid, plane_from_affine
+        from .writers import TYPE2_SC, add_type2, deterministic_uid, plane_from_affine
 
         sino = np.asarray(sino, dtype=np.float32)
         if sino.shape != self.geometry.sinogram_shape:
@@ -226,7 +243,12 @@ class SinogramDicomWriter:
         ds.ConversionType = "WSD"
         ds.ImageType = ["DERIVED", "SECONDARY", "SINOGRAM"]
         ds.InstanceNumber = k + 1
-        ds.SliceLocation = round(plane_from_affine(self.volume_affine, k)["SliceLocation"], 6)
+        if self.slice_positions is not None:
+            position = float(self.slice_positions[k])
+        else:
+            position = float(plane_from_affine(self.volume_affine, k)["SliceLocation"])
+        ds.SliceLocation = round(position, 6)
+        add_type2(ds, TYPE2_SC)
         ds.Rows, ds.Columns = stored.shape
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
@@ -244,7 +266,10 @@ class SinogramDicomWriter:
         block.add_new(
             0x03,
             "UT",
-            json.dumps({"index": k, "n_slices": self.n_slices, "volume_affine": self.volume_affine.tolist()}),
+            json.dumps(
+                {"index": k, "n_slices": self.n_slices, "volume_affine": self.volume_affine.tolist()}
+                | ({"slice_position": position} if self.slice_positions is not None else {})
+            ),
         )
         block.add_new(0x04, "FD", self.mu_water)
         block.add_new(0x05, "UT", json.dumps(self.provenance, default=str))
@@ -295,13 +320,19 @@ def is_sinogram(path) -> bool:
 
 def _geometry_check(shape, geometry: ParallelBeamGeometry, path: Path):
     if tuple(shape[-2:]) != tuple(geometry.sinogram_shape):
-        raise InputError(
+        raise DicomReadError(
             f"{path}: sinogram shape {tuple(shape)} contradicts its geometry, which expects "
-            f"(n_views, n_detectors) = {geometry.sinogram_shape}"
+            f"(n_views, n_detectors) = {geometry.sinogram_shape}",
+            path=path,
         )
 
 
-def _read_sinogram_dicom(path: Path, series: str | None, strict: bool) -> SinogramStack:
+def _note(msg: str, notes: list[str]) -> None:
+    warnings.warn(msg, CTReadWarning, stacklevel=4)
+    notes.append(msg)
+
+
+def _read_sinogram_dicom(path: Path, series: str | None, strict: bool, notes: list[str]) -> SinogramStack:
     import pydicom
 
     from .dicom import _read_header
@@ -315,35 +346,36 @@ def _read_sinogram_dicom(path: Path, series: str | None, strict: bool) -> Sinogr
             try:
                 ds = _read_header(f)
             except Exception as exc:
-                msg = f"{f}: corrupt DICOM header ({type(exc).__name__}: {exc})"
+                msg = str(exc) if isinstance(exc, InputError) else f"{f}: corrupt DICOM header ({type(exc).__name__}: {exc})"
                 if strict:
-                    raise InputError(msg) from exc
-                warnings.warn(msg + "; skipped", CTReadWarning, stacklevel=3)
+                    raise DicomReadError(msg + " (--strict)", path=f) from exc
+                _note(msg + "; skipped", notes)
                 continue
             if ds is not None and _private(ds) is not None:
                 files.append((f, str(ds.get("SeriesInstanceUID", ""))))
         if not files:
-            raise InputError(f"{path}: no sinogram DICOM files (layout {LAYOUT}) found")
+            raise DicomReadError(f"{path}: no sinogram DICOM files (layout {LAYOUT}) found", path=path)
         uids = sorted({u for _, u in files})
         if series is not None:
             files = [(f, u) for f, u in files if u == series]
             if not files:
-                raise InputError(f"{path}: no sinogram series {series!r}; found {uids}")
+                raise DicomReadError(f"{path}: no sinogram series {series!r}; found {uids}", path=path)
         elif len(uids) > 1:
-            raise InputError(f"{path}: holds {len(uids)} sinogram series {uids}; pick one with --series UID")
+            raise DicomReadError(f"{path}: holds {len(uids)} sinogram series {uids}; pick one with --series UID", path=path)
         files = [f for f, _ in files]
     slices = {}
     geometry = geom_json = None
     meta: dict = {}
+    skipped: list[str] = []
     for f in files:
         try:
             ds = pydicom.dcmread(f)
             block = _private(ds)
             if block is None:
-                raise InputError(f"{f}: not a ctresample sinogram DICOM (no private block {PRIVATE_CREATOR!r})")
+                raise DicomReadError(f"{f}: not a ctresample sinogram DICOM (no private block {PRIVATE_CREATOR!r})", path=f)
             layout = str(block[0x01].value)
             if layout != LAYOUT:
-                raise InputError(f"{f}: sinogram layout {layout!r} is not supported (expected {LAYOUT!r})")
+                raise DicomReadError(f"{f}: sinogram layout {layout!r} is not supported (expected {LAYOUT!r})", path=f)
             gj = str(block[0x02].value)
             sl = json.loads(str(block[0x03].value))
             arr = dequantize(ds.pixel_array, float(ds.RescaleSlope), float(ds.RescaleIntercept))
@@ -352,15 +384,16 @@ def _read_sinogram_dicom(path: Path, series: str | None, strict: bool) -> Sinogr
         except Exception as exc:
             msg = f"{f}: unreadable sinogram DICOM ({type(exc).__name__}: {exc})"
             if strict or len(files) == 1:
-                raise InputError(msg) from exc
-            warnings.warn(msg + "; skipped", CTReadWarning, stacklevel=3)
+                raise DicomReadError(msg, path=f) from exc
+            _note(msg + "; skipped", notes)
+            skipped.append(msg)
             continue
         if geom_json is None:
             geom_json = gj
             try:
                 geometry = ParallelBeamGeometry.from_dict(json.loads(gj))
             except Exception as exc:
-                raise InputError(f"{f}: invalid geometry in the private block ({exc})") from exc
+                raise DicomReadError(f"{f}: invalid geometry in the private block ({exc})", path=f) from exc
             meta = {
                 "format": "dicom-sinogram",
                 "mu_water": float(block[0x04].value),
@@ -369,33 +402,48 @@ def _read_sinogram_dicom(path: Path, series: str | None, strict: bool) -> Sinogr
                 "study_uid": str(ds.get("StudyInstanceUID", "")),
                 "n_slices": int(sl["n_slices"]),
                 "volume_affine": sl["volume_affine"],
+                "warnings": notes,
             }
             from .dicom import _tags_to_copy
 
             meta["dicom_tags"] = _tags_to_copy(ds)
         elif gj != geom_json:
-            raise InputError(f"{f}: its geometry differs from the other slices of the series")
+            raise DicomReadError(f"{f}: its geometry differs from the other slices of the series", path=f)
         _geometry_check(arr.shape, geometry, f)
         if not np.isfinite(arr).all():
-            raise InputError(f"{f}: sinogram holds NaN or Inf values")
+            raise DicomReadError(f"{f}: sinogram holds NaN or Inf values", path=f)
         k = int(sl["index"])
         if k in slices:
-            raise InputError(f"{f}: slice index {k} appears twice (also {slices[k][1]})")
-        slices[k] = (arr, f)
+            raise DicomReadError(f"{f}: slice index {k} appears twice (also {slices[k][1]})", path=f)
+        position = sl.get("slice_position")
+        slices[k] = (arr, f, None if position is None else float(position))
     if not slices:
-        raise InputError(f"{path}: no readable sinogram slice")
+        raise DicomReadError(f"{path}: no readable sinogram slice", path=path)
     n = meta["n_slices"] if len(files) > 1 else None
     idx = sorted(slices)
     if n is not None and idx != list(range(n)):
         missing = sorted(set(range(n)) - set(idx))
-        raise InputError(f"{path}: sinogram series is incomplete: {len(missing)} of {n} slice(s) missing (e.g. index {missing[:5]})")
+        cause = f"; {len(skipped)} file(s) skipped as unreadable, e.g. {skipped[0]}" if skipped else ""
+        raise DicomReadError(
+            f"{path}: sinogram series is incomplete: {len(missing)} of {n} slice(s) missing (e.g. index {missing[:5]}){cause}",
+            path=path,
+        )
     affine = np.asarray(meta["volume_affine"], dtype=np.float64)
     if n is None:  # one file: its own slice
         affine = affine.copy()
         affine[:3, 3] = affine[:3, :3] @ np.array([0.0, 0.0, idx[0]]) + affine[:3, 3]
-    positions = slice_positions_from_affine(affine, len(idx))
+    stored = [slices[k][2] for k in idx]
+    if all(v is not None for v in stored):
+        positions = np.asarray(stored, dtype=np.float64)
+        if n is None:  # a single file of an irregular stack: its own position on its own affine
+            from .volume import fractional_slice_indices
+
+            t = fractional_slice_indices(affine, positions)
+            affine[:3, 3] = (affine @ np.array([0.0, 0.0, t[0], 1.0]))[:3]
+    else:
+        positions = slice_positions_from_affine(affine, len(idx))
     meta["files"] = [str(slices[k][1]) for k in idx]
-    return SinogramStack(
+    stack = SinogramStack(
         sino=np.stack([slices[k][0] for k in idx]),
         geometry=geometry,
         slice_positions=positions,
@@ -403,6 +451,8 @@ def _read_sinogram_dicom(path: Path, series: str | None, strict: bool) -> Sinogr
         metadata=meta,
         source=path,
     )
+    check_geometry(stack)
+    return stack
 
 
 def _read_array_sinogram(path: Path, geometry: ParallelBeamGeometry | None) -> SinogramStack:
@@ -458,7 +508,12 @@ def read_sinogram(path, *, geometry: ParallelBeamGeometry | None = None, series:
         raise InputError(f"{path}: no such file or folder")
     if path.is_file() and (path.suffix.lower() == ".npy" or is_nifti(path)):
         return _read_array_sinogram(path, geometry)
-    stack = _read_sinogram_dicom(path, series, strict)
-    if geometry is not None and not geometry.isclose(stack.geometry):
-        raise InputError(f"{path}: the geometry given ({geometry!r}) contradicts the stored one ({stack.geometry!r})")
+    notes: list[str] = []
+    try:
+        stack = _read_sinogram_dicom(path, series, strict, notes)
+        if geometry is not None and not geometry.isclose(stack.geometry):
+            raise InputError(f"{path}: the geometry given ({geometry!r}) contradicts the stored one ({stack.geometry!r})", path=path)
+    except InputError as exc:
+        exc.add_warnings(notes)
+        raise
     return stack

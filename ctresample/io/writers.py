@@ -16,7 +16,49 @@ from typing import Callable
 
 import numpy as np
 
-from .volume import LPS_TO_RAS, CTReadWarning, InputError
+from .volume import LPS_TO_RAS, CTReadWarning, InputError, fractional_slice_indices, is_regular
+
+#: Type 2 attributes (present, empty when unknown) of the CT Image IOD that ctresample does
+#: not set itself; dciodvfy (dicom3tools) reports each one missing as an error
+TYPE2_CT = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "Laterality",
+    "PatientPosition",
+    "PositionReferenceIndicator",
+    "Manufacturer",
+    "KVP",
+    "AcquisitionNumber",
+)
+#: the same for the Secondary Capture Image IOD (sinograms): no Frame of Reference or CT
+#: Image module, but PatientOrientation (Type 2C: required when there is no Image Plane)
+TYPE2_SC = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "Laterality",
+    "PatientOrientation",
+)
+
+
+def add_type2(ds, keywords) -> None:
+    """Add each attribute of ``keywords`` that ``ds`` lacks, empty (DICOM Type 2)."""
+    for kw in keywords:
+        if kw not in ds:
+            setattr(ds, kw, None)
 
 __all__ = [
     "atomic_write",
@@ -27,6 +69,7 @@ __all__ = [
     "write_nifti_volume",
     "deterministic_uid",
     "plane_from_affine",
+    "add_type2",
 ]
 
 
@@ -75,8 +118,12 @@ def deterministic_uid(*parts) -> str:
     return generate_uid(entropy_srcs=[json.dumps(p, sort_keys=True, default=str) for p in parts])
 
 
-def plane_from_affine(affine: np.ndarray, k: int) -> dict:
-    """DICOM plane attributes of slice ``k`` of a RAS ``(col, row, slice)`` affine."""
+def plane_from_affine(affine: np.ndarray, k: float) -> dict:
+    """DICOM plane attributes of slice ``k`` of a RAS ``(col, row, slice)`` affine.
+
+    ``k`` may be fractional (a slice of an irregular stack, see
+    :func:`~ctresample.io.volume.fractional_slice_indices`).
+    """
     lps = LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
     col_sp = float(np.linalg.norm(lps[:3, 0]))
     row_sp = float(np.linalg.norm(lps[:3, 1]))
@@ -147,13 +194,52 @@ class SliceStore:
             pass
 
 
-def write_nifti_volume(path, hu_zhw: np.ndarray, affine: np.ndarray, *, dtype=np.float32) -> Path:
-    """Write a ``(Z, H, W)`` volume with its RAS affine as NIfTI, atomically."""
+def write_nifti_volume(
+    path, hu_zhw: np.ndarray, affine: np.ndarray, *, dtype=np.float32, slice_positions=None, z_step: float | None = None
+) -> Path:
+    """Write a ``(Z, H, W)`` volume with its RAS affine as NIfTI, atomically.
+
+    Parameters
+    ----------
+    slice_positions : ndarray, (Z,), mm, optional
+        The true position of each slice along the normal (``ImageVolume.slice_positions``).
+        When they are not equally spaced, a NIfTI (one affine, one step) cannot hold them:
+        the volume is resampled along z onto the regular grid of
+        :func:`~ctresample.io.volume.regular_grid` (linear interpolation between the two
+        neighbouring slices; slices on a grid position are copied exactly), from the first
+        to the last slice, with step ``z_step`` mm if given. A gap wider than
+        ``NIFTI_MAX_GAP_STEPS`` grid steps (separate stacks) is refused (InputError, see
+        :func:`~ctresample.io.volume.nifti_problem`). Without positions the slices are
+        written on ``affine`` as they are.
+
+    Raises
+    ------
+    InputError
+        Naming ``path`` when the affine is singular (e.g. every slice at one position),
+        before anything is written.
+    """
     from .nifti import _nib, nifti_image
+    from .volume import regular_grid, resample_slices
 
     nib = _nib()
-    img = nifti_image(hu_zhw, affine, dtype=dtype)
     path = Path(path)
+    affine = np.asarray(affine, dtype=np.float64)
+    hu_zhw = np.asarray(hu_zhw)
+    if slice_positions is not None:
+        pos = np.asarray(slice_positions, dtype=np.float64).reshape(-1)
+        if len(pos) != hu_zhw.shape[0]:
+            raise ValueError(f"{path}: {len(pos)} slice positions for {hu_zhw.shape[0]} slices")
+        if not is_regular(pos) or z_step is not None:
+            affine, target = regular_grid(affine, pos, z_step, source=path)
+            hu_zhw = resample_slices(hu_zhw, pos, target)
+    m = affine[:3, :3]
+    if not np.isfinite(affine).all() or abs(np.linalg.det(m)) <= 1e-9 * (float(np.abs(m).max()) or 1.0) ** 3:
+        raise InputError(
+            f"{path}: cannot write NIfTI: the affine is singular or not finite (slices at one position, or a "
+            "pixel spacing of 0 mm)",
+            path=path,
+        )
+    img = nifti_image(hu_zhw, affine, dtype=dtype)
     # nibabel picks compression from the suffix, so keep ".nii.gz" on the temporary name
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
     tmp = path.with_name(f".{path.name[: -len(suffix)]}.{os.getpid()}.partial{suffix}")
@@ -187,6 +273,14 @@ class DicomSeriesWriter:
     rescale : (slope, intercept)
         Stored int16 = round((HU - intercept) / slope). Values outside the int16 range are
         clipped with a warning.
+    slice_positions : ndarray, (Z,), mm, optional
+        True position of each slice along the normal (``ImageVolume.slice_positions``):
+        slice ``k`` is written at ``affine @ (0, 0, t_k, 1)`` with ``t_k`` its fractional
+        index on the affine's slice axis, so a stack with irregular spacing keeps each
+        slice where the source had it. Without them slice ``k`` is at ``affine @ (0, 0, k, 1)``.
+
+    Patient/study attributes missing from ``tags`` are written empty (DICOM Type 2), so
+    validators such as ``dciodvfy`` accept the files.
     """
 
     def __init__(
@@ -204,6 +298,7 @@ class DicomSeriesWriter:
         window: tuple[float, float] = (40.0, 400.0),
         image_type=("DERIVED", "SECONDARY", "AXIAL"),
         prefix: str = "IM_",
+        slice_positions=None,
     ):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -219,6 +314,25 @@ class DicomSeriesWriter:
         self.image_type = list(image_type)
         self.prefix = prefix
         self._clip_warned = False
+        self.slice_positions = None
+        self._t = None
+        self._thickness = None
+        if slice_positions is not None:
+            pos = np.asarray(slice_positions, dtype=np.float64).reshape(-1)
+            if len(pos) > 1 and (np.diff(pos) <= 0).any():
+                raise InputError(f"{self.folder}: slice positions must increase (two slices at one position?)", path=self.folder)
+            self.slice_positions = pos
+            self._t = fractional_slice_indices(self.affine, pos)
+            if len(pos) > 1 and not is_regular(pos):
+                self._thickness = float(np.median(np.diff(pos)))
+
+    def slice_index(self, k: int) -> float:
+        """Where slice ``k`` lies on the affine's slice axis (``k`` itself without positions)."""
+        if self._t is None:
+            return float(k)
+        if not 0 <= k < len(self._t):
+            raise IndexError(f"slice {k}: the series has {len(self._t)} slice positions")
+        return float(self._t[k])
 
     def path(self, k: int) -> Path:
         return self.folder / f"{self.prefix}{k:05d}.dcm"
@@ -256,12 +370,13 @@ class DicomSeriesWriter:
         if self.derivation:
             ds.DerivationDescription = self.derivation[:1024]
         ds.InstanceNumber = k + 1
-        plane = plane_from_affine(self.affine, k)
+        plane = plane_from_affine(self.affine, self.slice_index(k))
         ds.ImagePositionPatient = [round(v, 6) for v in plane["ImagePositionPatient"]]
         ds.ImageOrientationPatient = [round(v, 8) for v in plane["ImageOrientationPatient"]]
         ds.PixelSpacing = [round(v, 8) for v in plane["PixelSpacing"]]
         ds.SliceLocation = round(plane["SliceLocation"], 6)
-        ds.SliceThickness = round(plane["SliceSpacing"], 6)
+        ds.SliceThickness = round(self._thickness if self._thickness is not None else plane["SliceSpacing"], 6)
+        add_type2(ds, TYPE2_CT)
         ds.Rows, ds.Columns = self.shape
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
