@@ -1,6 +1,6 @@
 """Reconstruction cost per method: wall time and peak memory per slice, and how time grows with the batch.
 
-    python benchmarks/pipeline.py                      # shipped models, 256x256, batches 1, 4, 16; CPU (+ CUDA if present)
+    python benchmarks/pipeline.py                      # shipped models, 256x256, batches 1, 4, 16; CPU (+ CUDA)
     python benchmarks/pipeline.py --quick              # 32x32, tiny random prior and FBP-UNet, few steps, batches 1,4
     python benchmarks/pipeline.py --methods fbp,resample --batch-sizes 1,4 --device cuda
     python benchmarks/pipeline.py --config-resample configs/resample_paper.yaml --methods resample --batch-sizes 1
@@ -32,8 +32,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fmt_mb, peak_memory  # noqa: E402
 
+from ctresample.methods import BUILTIN  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
-ALL_METHODS = "fbp,sirt,cgls,fbp-unet,latent-dps,resample"
+#: every built-in method of the registry, in its order
+ALL_METHODS = ",".join(spec.name for spec in BUILTIN)
 QUICK_SIZE = 32
 #: --quick: few sampler steps and iterations (it checks the harness, it does not judge the methods)
 QUICK_OVERRIDES = {"resample": {"num_inference_steps": 5, "cg_max_iter": 3}, "latent-dps": {"num_inference_steps": 5},
@@ -85,8 +88,9 @@ def quick_kwargs(size: int) -> dict:
 
 def run(args) -> list[dict]:
     import ctresample
-    from ctresample.evaluation import parse_methods, warm_up_method
-    from ctresample.simulation import simulate_sinogram
+    from ctresample.evaluation import parse_methods, prepare_method
+    from ctresample.methods import method_spec
+    from ctresample.workflows.simulation import simulate_sinogram
     from operators import ParallelBeamGeometry, projector_for
 
     size = QUICK_SIZE if args.quick else args.size
@@ -109,7 +113,7 @@ def run(args) -> list[dict]:
             kw = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in extra.get(spec.method, {}).items()}
             if args.quick:
                 kw.update(QUICK_OVERRIDES.get(spec.method, {}))
-            warm_up_method(spec, torch.device(device), kw)
+            prepare_method(spec, torch.device(device), kw)
             for b in batch_sizes:
                 y = sino[:b].to(device)
                 info = {}
@@ -120,7 +124,8 @@ def run(args) -> list[dict]:
                     info.update(nfe=out.info.get("nfe"))
 
                 try:
-                    repeat = args.repeat if spec.method in ("fbp", "sirt", "cgls") or args.quick else 1
+                    # methods without learned weights are fast: repeat them for a stable median
+                    repeat = args.repeat if method_spec(spec.method).weights is None or args.quick else 1
                     _trim()  # hand freed heap back to the OS, so the RSS delta below is this call's peak
                     with peak_memory(device) as mem:
                         times = [_timed(call, device)]
@@ -158,7 +163,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
                    help=f"{QUICK_SIZE}x{QUICK_SIZE}, tiny random models, 5 sampler steps, batches 1,4 (seconds)")
-    p.add_argument("--methods", default=ALL_METHODS, help=f"comma-separated, LABEL=METHOD allowed (default {ALL_METHODS})")
+    p.add_argument("--methods", default=ALL_METHODS,
+                   help=f"comma-separated, LABEL=METHOD allowed (default {ALL_METHODS})")
     p.add_argument("--batch-sizes", default=None, help="slices per call (default 1,4,16; --quick 1,4)")
     p.add_argument("--device", default="all", help="cpu, cuda or all (default: cpu, and cuda where available)")
     p.add_argument("--size", type=int, default=256, help=f"slice grid (default 256; --quick uses {QUICK_SIZE})")

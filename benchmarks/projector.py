@@ -114,7 +114,8 @@ def run_grid(device: str, repeat: int) -> list[dict]:
 def print_table(rows: list[dict], device: str) -> None:
     print(f"\n256x256, ours on {device}; time in ms (median), peak extra memory in MiB\n")
     hdr = (
-        "| views | batch | op | ours ms | astra ms | skimage ms | ours/astra time | ours MiB | astra MiB | skimage MiB |"
+        "| views | batch | op | ours ms | astra ms | skimage ms | ours/astra time | ours MiB | astra MiB | "
+        "skimage MiB |"
     )
     print(hdr)
     print("|" + "---|" * (hdr.count("|") - 1))

@@ -52,8 +52,8 @@ def parse_method(spec: str):
 
 def main(argv=None) -> int:
     import ctresample
-    from ctresample.simulation import simulate_sinogram
     from ctresample.training.data import build_cache, load_cache
+    from ctresample.workflows.simulation import simulate_sinogram
     from operators import ParallelBeamGeometry
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -1,19 +1,67 @@
-"""Frozen dataclass configs loaded from YAML presets in ``configs/`` (unknown keys are errors)."""
+"""Frozen dataclass configs, loaded from YAML presets (unknown keys are errors).
+
+Presets are the YAML files of the repository's top-level ``configs/`` folder. They are
+shipped inside the package as ``ctresample.configs`` (``pyproject.toml`` maps the folder
+there at build time), so a preset name such as ``"resample_paper"`` resolves in an editable
+checkout and in a plain ``pip install`` alike; :func:`preset_path` finds them through
+:mod:`importlib.resources`, never through the source tree.
+"""
 from __future__ import annotations
 
 import dataclasses
 import os
+import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["load_config", "config_to_dict", "save_config", "CONFIG_DIR"]
+__all__ = ["load_config", "config_to_dict", "save_config", "preset_path", "available_presets", "resolve_config_path"]
 
 T = TypeVar("T")
 
-#: the repository's ``configs/`` folder (present in a checkout / editable install)
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+_PRESET_PACKAGE = "ctresample.configs"
+
+
+def _preset_folder():
+    try:
+        return resources.files(_PRESET_PACKAGE)
+    except ModuleNotFoundError:  # an install without the presets (should not happen)
+        return None
+
+
+def preset_path(name: str) -> Path | None:
+    """The shipped preset ``<name>.yaml`` (e.g. ``"resample_paper"``), or ``None`` if there is none."""
+    folder = _preset_folder()
+    if folder is None or not name or "/" in name or os.sep in name:
+        return None
+    entry = folder / f"{name}.yaml"
+    return Path(str(entry)) if entry.is_file() else None
+
+
+def available_presets() -> list[str]:
+    """Names of the shipped presets (``configs/*.yaml``)."""
+    folder = _preset_folder()
+    if folder is None:
+        return []
+    return sorted(e.name[: -len(".yaml")] for e in folder.iterdir() if e.name.endswith(".yaml"))
+
+
+def resolve_config_path(config) -> Path:
+    """A YAML path as given, or the shipped preset of that name (a bare name without ``.yaml``).
+
+    Raises ``FileNotFoundError`` naming the presets when neither exists.
+    """
+    path = Path(config)
+    if not path.exists() and path.suffix == "":
+        preset = preset_path(str(config))
+        if preset is not None:
+            return preset
+    if not path.exists():
+        raise FileNotFoundError(f"config file {str(config)!r} does not exist and is not a preset "
+                                f"(presets: {', '.join(available_presets())})")
+    return path
 
 
 def _from_dict(cls: type[T], data: dict, source: str) -> T:
@@ -21,31 +69,24 @@ def _from_dict(cls: type[T], data: dict, source: str) -> T:
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ValueError(f"{source}: unknown key(s) {unknown} for {cls.__name__}; valid keys: {sorted(names)}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
-        ftype = names[key].type
-        sub = _dataclass_type(cls, key)
-        if sub is not None and isinstance(value, dict):
+        sub = hints.get(key)
+        if dataclasses.is_dataclass(sub) and isinstance(value, dict):
             value = _from_dict(sub, value, f"{source}.{key}")
-        elif isinstance(value, list) and "tuple" in str(ftype):
+        elif isinstance(value, list) and "tuple" in str(names[key].type):
             value = tuple(value)
         kwargs[key] = value
     return cls(**kwargs)
 
 
-def _dataclass_type(cls, key):
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    t = hints.get(key)
-    return t if dataclasses.is_dataclass(t) else None
-
-
 def load_config(cls: type[T], config: Any = None, overrides: dict | None = None) -> T:
-    """Build ``cls`` from ``None`` (defaults), an instance, a dict, or a YAML path.
+    """Build ``cls`` from ``None`` (defaults), an instance, a dict, a YAML path or a preset name.
 
-    A bare preset name (no ``/`` and no ``.yaml``) is looked up in ``configs/``.
-    ``overrides`` (keyword arguments) replace single fields; unknown keys raise ``ValueError``.
+    A bare preset name (no ``/`` and no ``.yaml``) is looked up among the shipped presets
+    (:func:`preset_path`). ``overrides`` (keyword arguments) replace single fields; unknown
+    keys raise ``ValueError``.
     """
     if config is None:
         obj = cls()
@@ -54,11 +95,7 @@ def load_config(cls: type[T], config: Any = None, overrides: dict | None = None)
     elif isinstance(config, dict):
         obj = _from_dict(cls, config, cls.__name__)
     elif isinstance(config, (str, os.PathLike)):
-        path = Path(config)
-        if not path.exists() and path.suffix == "" and (CONFIG_DIR / f"{config}.yaml").exists():
-            path = CONFIG_DIR / f"{config}.yaml"
-        if not path.exists():
-            raise FileNotFoundError(f"config file {str(config)!r} does not exist")
+        path = resolve_config_path(config)
         with open(path) as fh:
             data = yaml.safe_load(fh) or {}
         if not isinstance(data, dict):
@@ -76,7 +113,7 @@ def load_config(cls: type[T], config: Any = None, overrides: dict | None = None)
 
 
 def config_to_dict(obj) -> dict:
-    d = dataclasses.asdict(obj)
+    """A config dataclass as plain YAML-able data (tuples become lists)."""
 
     def clean(v):
         if isinstance(v, tuple):
@@ -85,7 +122,7 @@ def config_to_dict(obj) -> dict:
             return {k: clean(x) for k, x in v.items()}
         return v
 
-    return clean(d)
+    return clean(dataclasses.asdict(obj))
 
 
 def save_config(obj, path) -> None:

@@ -1,7 +1,7 @@
 """Image-quality metrics in Hounsfield units: PSNR, SSIM and RMSE on the project's HU window.
 
-Every figure the project reports uses the same convention (the one of
-:mod:`ctresample.models.normalization`):
+Every figure the project reports uses the same convention (the window of
+:mod:`ctresample.hu_window`):
 
 * both images are clipped to the HU window ``[HU_MIN, HU_MAX] = [-1024, 3071]`` and scaled
   linearly to ``[0, 1]`` (``(HU + 1024) / 4095``);
@@ -12,14 +12,18 @@ Every figure the project reports uses the same convention (the one of
   ``PSNR = 20 log10(4095 / RMSE_HU)``.
 
 Identical images give ``PSNR = inf``, ``SSIM = 1`` and ``RMSE = 0``.
+
+:func:`psnr_from_mse` and :func:`unit_psnr` are the pooled variants the training monitors
+and the model card use (one MSE over many pixels, floored at 1e-12 so they stay finite).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .models.normalization import HU_MAX, HU_MIN, hu_to_zero_one
+from .hu_window import HU_MAX, HU_MIN, hu_to_zero_one
 
-__all__ = ["METRIC_NAMES", "to_unit_window", "psnr", "ssim", "rmse_hu", "slice_metrics", "batch_metrics"]
+__all__ = ["METRIC_NAMES", "to_unit_window", "psnr", "ssim", "rmse_hu", "slice_metrics", "batch_metrics",
+           "psnr_from_mse", "unit_psnr"]
 
 #: keys of the dictionaries returned by :func:`slice_metrics`, in report order
 METRIC_NAMES = ("psnr", "ssim", "rmse_hu")
@@ -100,5 +104,22 @@ def batch_metrics(reconstructions, references) -> list[dict[str, float]]:
     rec = np.asarray(reconstructions).reshape(-1, *np.shape(reconstructions)[-2:])
     ref = np.asarray(references).reshape(-1, *np.shape(references)[-2:])
     if rec.shape != ref.shape:
-        raise ValueError(f"{rec.shape[0]} reconstructions of {rec.shape[1:]} vs {ref.shape[0]} references of {ref.shape[1:]}")
-    return [slice_metrics(a, b) for a, b in zip(rec, ref)]
+        raise ValueError(f"{rec.shape[0]} reconstructions of {rec.shape[1:]} vs {ref.shape[0]} references of "
+                         f"{ref.shape[1:]}")
+    return [slice_metrics(a, b) for a, b in zip(rec, ref, strict=True)]
+
+
+def psnr_from_mse(mse):
+    """``10 log10(1 / mse)`` in dB for images on a [0, 1] scale; ``mse`` (float or array) floored at 1e-12."""
+    return 10 * np.log10(1.0 / np.maximum(mse, 1e-12))
+
+
+def unit_psnr(a, b) -> float:
+    """Pooled PSNR (dB) of two images or stacks in the network range [-1, 1], on the [0, 1] scale.
+
+    One MSE over every pixel of ``a - b`` (tensors or arrays of the same shape), as the
+    training loops monitor validation; unlike :func:`psnr` nothing is clipped.
+    """
+    d = (a - b) / 2
+    mse = float((d * d).mean())
+    return float(psnr_from_mse(mse))

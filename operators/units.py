@@ -7,9 +7,6 @@ both ways.
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
-
 __all__ = ["MU_WATER", "hu_to_mu", "mu_to_hu"]
 
 MU_WATER = 0.0192  # 1/mm

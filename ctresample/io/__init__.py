@@ -10,6 +10,7 @@ touches file formats. pydicom and nibabel are imported only when needed.
 """
 from __future__ import annotations
 
+from .readers import image_kind, read_image, read_invesalius, read_npy
 from .volume import (
     CTReadWarning,
     DicomReadError,
@@ -21,7 +22,6 @@ from .volume import (
     check_geometry,
     regular_grid,
 )
-from .readers import image_kind, read_image, read_invesalius, read_npy
 
 __all__ = [
     "CTReadWarning",

@@ -57,7 +57,16 @@ from pathlib import Path
 import numpy as np
 
 from operators import ParallelBeamGeometry
-from .volume import CTReadWarning, DicomReadError, InputError, axial_affine, check_geometry, is_regular, slice_positions_from_affine
+
+from .volume import (
+    CTReadWarning,
+    DicomReadError,
+    InputError,
+    axial_affine,
+    check_geometry,
+    is_regular,
+    slice_positions_from_affine,
+)
 from .writers import atomic_write
 
 __all__ = [

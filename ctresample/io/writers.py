@@ -342,7 +342,7 @@ class DicomSeriesWriter:
 
     def _dataset(self, k: int, hu: np.ndarray):
         from pydicom.dataset import FileDataset, FileMetaDataset
-        from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+        from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 
         sop_uid = deterministic_uid(self.series_uid, k)
         meta = FileMetaDataset()

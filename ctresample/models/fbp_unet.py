@@ -1,39 +1,32 @@
 """FBP-UNet (FBPConvNet, Jin et al. 2017): a residual U-Net that removes sparse-view FBP streaks.
 
-``x_out = x_fbp + U(x_fbp)`` on slices normalised with
-:func:`ctresample.models.normalization.hu_to_unit`, where ``x_fbp`` is the filtered
-backprojection of the (sparse-view) sinogram. It is supervised: trained on
-(FBP of a simulated ``n_views`` sinogram, full-dose slice) pairs of the training subjects
-(``ctresample train fbp-unet``), so it is tied to the geometry it was trained for, unlike
-the diffusion prior.
+``x_out = x_fbp + U(x_fbp)`` on slices normalised with :func:`ctresample.hu_window.hu_to_unit`,
+where ``x_fbp`` is the filtered backprojection of the (sparse-view) sinogram. It is
+supervised: trained on (FBP of a simulated ``n_views`` sinogram, full-dose slice) pairs of the
+training subjects (``ctresample train fbp-unet``), so it is tied to the geometry it was
+trained for, unlike the diffusion prior. This module holds the network and its weights; the
+``fbp-unet`` method that runs it is :mod:`ctresample.methods.fbp_unet`.
 
 The network is a diffusers ``ModelMixin``/``ConfigMixin`` so weights load and save with
 ``from_pretrained``/``save_pretrained`` (``config.json`` + ``diffusion_pytorch_model.safetensors``);
-the shipped weights are in ``ctresample/pretrained/fbp-unet-25v/``.
+what the weights were trained for (view count, filter, ...) is ``fbp_unet_meta.json`` next to
+them (:func:`training_meta`). The shipped weights are in ``ctresample/pretrained/fbp-unet-25v/``.
 """
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from operators import ParallelBeamGeometry, fbp, mu_to_hu, projector_for
-from operators.units import MU_WATER
+__all__ = ["FBPConvNet", "DEFAULT_FBP_UNET", "META_FILE", "load_fbp_unet", "training_meta", "resolve_weights"]
 
-from ..config import load_config
-from ..recon.registry import ReconstructionOutput
-from .normalization import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
-
-__all__ = ["FBPConvNet", "FBPUNetConfig", "DEFAULT_FBP_UNET", "reconstruct_fbp_unet", "load_fbp_unet"]
-
-#: the shipped weights (package data)
-DEFAULT_FBP_UNET = Path(__file__).resolve().parent.parent / "pretrained" / "fbp-unet-25v"
+#: the shipped weights (package data of ``ctresample``)
+DEFAULT_FBP_UNET = Path(str(resources.files("ctresample") / "pretrained" / "fbp-unet-25v"))
 #: what the weights were trained for, stored next to them
-_META = "fbp_unet_meta.json"
+META_FILE = "fbp_unet_meta.json"
 
 try:  # diffusers gives save_pretrained / from_pretrained / register_to_config
     from diffusers import ConfigMixin, ModelMixin
@@ -92,26 +85,23 @@ class FBPConvNet(ModelMixin, ConfigMixin):
             if i < len(self.down) - 1:
                 skips.append(h)
                 h = nn.functional.max_pool2d(h, 2)
-        for upconv, block in zip(self.upconv, self.up):
+        for upconv, block in zip(self.upconv, self.up, strict=True):
             h = upconv(h)
             h = block(torch.cat([h, skips.pop()], dim=1))
         return x + self.head(h)  # global residual connection
 
 
-@dataclass(frozen=True)
-class FBPUNetConfig:
-    weights: str | None = None  # folder saved by save_pretrained; None = shipped fbp-unet-25v
-    fbp_filter: str = "ram-lak"  # must be the filter the network was trained on
-    clip_output: bool = True  # clip to the HU window [-1024, 3071]
-    mu_water: float = MU_WATER  # 1/mm, must match the value used to make the sinogram
-
-
 _CACHE: dict = {}
+
+
+def resolve_weights(path=None) -> Path:
+    """The weights folder ``path``, or the shipped default when ``None``."""
+    return Path(path) if path is not None else DEFAULT_FBP_UNET
 
 
 def load_fbp_unet(path=None, device=None) -> FBPConvNet:
     """Load (and cache per device) FBP-UNet weights; ``path=None`` = the shipped default."""
-    path = Path(path) if path is not None else DEFAULT_FBP_UNET
+    path = resolve_weights(path)
     device = torch.device(device or "cpu")
     key = (str(path), str(device))
     if key not in _CACHE:
@@ -119,52 +109,11 @@ def load_fbp_unet(path=None, device=None) -> FBPConvNet:
             hint = " (train them with `ctresample train fbp-unet`)" if path == DEFAULT_FBP_UNET else ""
             raise FileNotFoundError(f"no FBP-UNet weights at {path}{hint}")
         net = FBPConvNet.from_pretrained(path)
-        net.meta = json.loads((path / _META).read_text()) if (path / _META).is_file() else {}
         _CACHE[key] = net.to(device).eval().requires_grad_(False)
     return _CACHE[key]
 
 
-def fbp_input(sinogram: torch.Tensor, geometry: ParallelBeamGeometry, fbp_filter: str, mu_water: float):
-    """The network input: FBP in HU, clipped to the window, mapped to [-1, 1]."""
-    A = projector_for(geometry, sinogram.device)
-    with torch.no_grad():
-        hu = mu_to_hu(fbp(sinogram.float(), geometry, fbp_filter, projector=A), mu_water)
-    return hu_to_unit(hu.clamp(HU_MIN, HU_MAX))
-
-
-def reconstruct_fbp_unet(sinogram, geometry: ParallelBeamGeometry, *, config=None, generator=None, net=None,
-                         n_samples: int | None = None, **kwargs) -> ReconstructionOutput:
-    """FBP-UNet as a registered method (deterministic; ``generator`` and ``n_samples`` are ignored).
-
-    ``net`` may pass an :class:`FBPConvNet` directly (tests); otherwise ``config.weights`` is loaded.
-    The network is fully convolutional, but it only knows the streak pattern of the view
-    count it was trained on (recorded in ``fbp_unet_meta.json``): a different count warns.
-    """
-    t0 = time.perf_counter()
-    cfg = load_config(FBPUNetConfig, config, overrides=kwargs)
-    y = sinogram.float()
-    if net is None:
-        net = load_fbp_unet(cfg.weights, y.device)
-        trained_views = getattr(net, "meta", {}).get("n_views")
-        if trained_views is not None and trained_views != geometry.n_views:
-            import warnings
-
-            warnings.warn(f"FBP-UNet weights were trained for {trained_views} views, the sinogram has "
-                          f"{geometry.n_views}: expect poor results", stacklevel=2)
-    f = 2 ** (len(net.config.channels) - 1)
-    h, w = geometry.image_shape
-    if h % f or w % f:
-        raise ValueError(f"FBP-UNet needs image sides that are multiples of {f}, got {h}x{w}")
-    x = fbp_input(y, geometry, cfg.fbp_filter, cfg.mu_water)
-    with torch.no_grad():
-        out = unit_to_hu(net(x.to(net.dtype)).float())
-    if cfg.clip_output:
-        out = out.clamp(HU_MIN, HU_MAX)
-    from ..sampling._common import data_residual
-
-    return ReconstructionOutput(
-        image=out,
-        info={"nfe": 1, "inner_iterations": 0, "data_residual": data_residual(projector_for(geometry, y.device), y, out,
-                                                                              cfg.mu_water).tolist(),
-              "wall_time": time.perf_counter() - t0},
-    )
+def training_meta(path=None) -> dict:
+    """What the weights at ``path`` were trained for (``fbp_unet_meta.json``: ``n_views``, ...); ``{}`` if absent."""
+    meta = resolve_weights(path) / META_FILE
+    return json.loads(meta.read_text()) if meta.is_file() else {}

@@ -6,13 +6,15 @@ Notation (DESIGN.md section 2/3)
 symbol             here
 =================  ==========================================================
 ``x``              slice in HU, ``(B, 1, H, W)``; normalised inside the prior with
-                   :func:`ctresample.models.normalization.hu_to_unit`
+                   :func:`ctresample.hu_window.hu_to_unit`
 ``E(x)``           :meth:`LatentDiffusionPrior.encode` (posterior mean times ``latent_scale``)
 ``D(z)``           :meth:`LatentDiffusionPrior.decode` (HU out, differentiable)
 ``abar_t``         ``alphas_cumprod[t]``, ``T = 1000`` training steps
 ``eps_theta``      :meth:`LatentDiffusionPrior.predict_eps`
 ``z0_hat(z_t)``    :meth:`LatentDiffusionPrior.tweedie_z0`:
-                   ``(z_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``
+                   ``(z_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (the one Tweedie
+                   estimate of the package)
+DDIM move          ``DDIMScheduler.step`` of :meth:`LatentDiffusionPrior.ddim_scheduler`
 =================  ==========================================================
 
 The latent is the autoencoder's raw latent multiplied by ``latent_scale`` (the role of
@@ -29,17 +31,19 @@ On disk (:meth:`save_pretrained`) the prior uses the diffusers layout::
 from __future__ import annotations
 
 import json
+import math
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .normalization import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
+from ..hu_window import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
 
-__all__ = ["LatentDiffusionPrior", "DEFAULT_PRETRAINED", "build_vae", "build_unet", "build_scheduler"]
+__all__ = ["LatentDiffusionPrior", "DEFAULT_PRETRAINED", "build_vae", "build_unet", "build_scheduler", "load_prior"]
 
-#: the shipped default model (package data)
-DEFAULT_PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained" / "ldm-ct-256"
+#: the shipped default model (package data of ``ctresample``)
+DEFAULT_PRETRAINED = Path(str(resources.files("ctresample") / "pretrained" / "ldm-ct-256"))
 
 _PRIOR_CONFIG = "prior_config.json"
 _FORMAT_VERSION = 1
@@ -109,6 +113,9 @@ class LatentDiffusionPrior(torch.nn.Module):
         Multiplies the raw latent (``z = latent_scale * E_raw(x)``).
     image_size : int
         Side of the square slices the prior was trained for (pixels), e.g. 256.
+    extra : dict, optional
+        Provenance (training summaries, fine-tunes), stored under ``"extra"`` in
+        ``prior_config.json``; the model card is written from it.
 
     Attributes
     ----------
@@ -116,13 +123,15 @@ class LatentDiffusionPrior(torch.nn.Module):
         ``(T,)`` float32 buffer on the prior's device (moves with ``.to``).
     """
 
-    def __init__(self, vae, unet, scheduler, latent_scale: float = 1.0, image_size: int = 256):
+    def __init__(self, vae, unet, scheduler, latent_scale: float = 1.0, image_size: int = 256,
+                 extra: dict | None = None):
         super().__init__()
         self.vae = vae
         self.unet = unet
         self.scheduler = scheduler
         self.latent_scale = float(latent_scale)
         self.image_size = int(image_size)
+        self.extra = dict(extra or {})
         self.register_buffer(
             "alphas_cumprod", scheduler.alphas_cumprod.detach().clone().to(torch.float32), persistent=False
         )
@@ -186,16 +195,44 @@ class LatentDiffusionPrior(torch.nn.Module):
         t = self._timesteps(t, z_t.shape[0])
         return self.unet(z_t.to(self.dtype), t).sample.to(z_t.dtype)
 
+    def _abar(self, t, batch: int):
+        """``alphas_cumprod[t]``: a float (float64 arithmetic) for one step, ``(B, 1, 1, 1)`` float64 for a tensor."""
+        if not torch.is_tensor(t) or t.ndim == 0:
+            return float(self.scheduler.alphas_cumprod[int(t)])
+        t = self._timesteps(t, batch)
+        return self.scheduler.alphas_cumprod.to(self.device, torch.float64)[t].view(-1, 1, 1, 1)
+
     def tweedie_z0(self, z_t: torch.Tensor, t, eps: torch.Tensor | None = None) -> torch.Tensor:
         """Tweedie's estimate ``z0_hat = (z_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``.
 
-        ``eps`` defaults to :meth:`predict_eps` ``(z_t, t)``.
+        ``t`` an int (one step for the whole batch, as the samplers call it) or a ``(B,)``
+        tensor; ``eps`` defaults to :meth:`predict_eps` ``(z_t, t)``. The coefficients are
+        computed in float64 from the scheduler's ``alphas_cumprod`` (the result keeps the
+        dtype of ``z_t``), as ``DDIMScheduler.step`` does on :meth:`ddim_scheduler`, so the
+        two agree to the last bit. Differentiable in ``z_t`` and ``eps``.
         """
         if eps is None:
             eps = self.predict_eps(z_t, t)
-        t = self._timesteps(t, z_t.shape[0])
-        abar = self.alphas_cumprod[t].to(z_t.dtype).view(-1, 1, 1, 1)
-        return (z_t - (1.0 - abar).sqrt() * eps) / abar.sqrt()
+        abar = self._abar(t, z_t.shape[0])
+        if isinstance(abar, float):
+            return (z_t - math.sqrt(1.0 - abar) * eps) / math.sqrt(abar)
+        return (z_t - (1.0 - abar).sqrt().to(z_t.dtype) * eps) / abar.sqrt().to(z_t.dtype)
+
+    def ddim_scheduler(self, num_inference_steps: int):
+        """A fresh ``DDIMScheduler`` of this prior's schedule, set to ``num_inference_steps`` steps.
+
+        A copy (the prior's own scheduler is never mutated, so samplers with different step
+        counts can share the prior). Its ``alphas_cumprod`` and ``final_alpha_cumprod`` are
+        float64: ``DDIMScheduler.step`` then computes its coefficients in double precision
+        and applies them to float32 latents, the arithmetic the samplers have always used.
+        """
+        from diffusers import DDIMScheduler
+
+        sched = DDIMScheduler.from_config(self.scheduler.config)
+        sched.alphas_cumprod = sched.alphas_cumprod.to(torch.float64)
+        sched.final_alpha_cumprod = torch.as_tensor(sched.final_alpha_cumprod, dtype=torch.float64)
+        sched.set_timesteps(int(num_inference_steps))
+        return sched
 
     # ------------------------------------------------------------------ persistence
     def prior_config(self) -> dict:
@@ -204,13 +241,14 @@ class LatentDiffusionPrior(torch.nn.Module):
             "latent_scale": self.latent_scale,
             "image_size": self.image_size,
             "hu_window": [HU_MIN, HU_MAX],
-            "normalization": "ctresample.models.normalization.hu_to_unit",
+            "normalization": "ctresample.hu_window.hu_to_unit",
         }
 
     def save_pretrained(self, path, *, fp16: bool = False, extra: dict | None = None) -> Path:
         """Write the diffusers layout to ``path`` (created). ``fp16`` halves the file size.
 
-        ``extra`` (JSON-serialisable) is stored under ``"extra"`` in ``prior_config.json``.
+        ``extra`` (JSON-serialisable; default :attr:`extra`) is stored under ``"extra"`` in
+        ``prior_config.json``.
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -225,6 +263,7 @@ class LatentDiffusionPrior(torch.nn.Module):
             module.save_pretrained(path / name, safe_serialization=True)
         self.scheduler.save_pretrained(path / "scheduler")
         cfg = self.prior_config()
+        extra = self.extra if extra is None else extra
         if extra:
             cfg["extra"] = extra
         (path / _PRIOR_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
@@ -250,13 +289,14 @@ class LatentDiffusionPrior(torch.nn.Module):
             raise FileNotFoundError(f"no latent diffusion prior at {path}: {cfg_file} not found{hint}")
         cfg = json.loads(cfg_file.read_text())
         if tuple(cfg.get("hu_window", (HU_MIN, HU_MAX))) != (HU_MIN, HU_MAX):
-            raise ValueError(f"{path}: prior trained for HU window {cfg['hu_window']}, this code uses {[HU_MIN, HU_MAX]}")
+            raise ValueError(f"{path}: prior trained for HU window {cfg['hu_window']}, "
+                             f"this code uses {[HU_MIN, HU_MAX]}")
         kw = dict(local_files_only=True, torch_dtype=dtype)
         vae = d.AutoencoderKL.from_pretrained(path / "vae", **kw)
         unet = d.UNet2DModel.from_pretrained(path / "unet", **kw)
         scheduler = d.DDIMScheduler.from_pretrained(path / "scheduler", local_files_only=True)
-        prior = cls(vae, unet, scheduler, latent_scale=cfg["latent_scale"], image_size=cfg["image_size"])
-        prior.extra = cfg.get("extra", {})
+        prior = cls(vae, unet, scheduler, latent_scale=cfg["latent_scale"], image_size=cfg["image_size"],
+                    extra=cfg.get("extra"))
         prior.eval().requires_grad_(False)
         if device is not None:
             prior.to(device)
@@ -294,3 +334,15 @@ class LatentDiffusionPrior(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"image_size={self.image_size}, latent_shape={self.latent_shape}, latent_scale={self.latent_scale:.4g}"
+
+
+_PRIORS: dict = {}
+
+
+def load_prior(path=None, device=None) -> LatentDiffusionPrior:
+    """The prior saved at ``path`` (``None``: the shipped default), loaded once per device and cached."""
+    device = torch.device(device or "cpu")
+    key = (None if path is None else str(path), str(device))
+    if key not in _PRIORS:
+        _PRIORS[key] = LatentDiffusionPrior.from_pretrained(path, device=device)
+    return _PRIORS[key]

@@ -11,20 +11,20 @@ exported to ``<output_dir>/vae`` (diffusers layout) at the end.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..config import load_config
-from .common import (
-    EMA, RunClock, TrainRunConfig, hardware_summary, plot_losses, resume_from, save_state, start_run, train_loop,
-    write_json,
-)
+from ..hu_window import hu_to_unit
+from ..metrics import unit_psnr
+from ..models.prior import build_vae
+from . import loop
 from .data import SliceDataset, build_cache, load_cache
+from .loop import TrainRunConfig
 
-__all__ = ["AutoencoderTrainConfig", "train_autoencoder", "psnr_01"]
+__all__ = ["AutoencoderTrainConfig", "train_autoencoder"]
 
 
 def _default_vae() -> dict:
@@ -38,7 +38,7 @@ def _default_vae() -> dict:
 class AutoencoderTrainConfig(TrainRunConfig):
     """Settings of :func:`train_autoencoder` (YAML: ``configs/train_autoencoder.yaml``).
 
-    The run, data, schedule and budget fields come from :class:`~ctresample.training.common.TrainRunConfig`.
+    The run, data, schedule and budget fields come from :class:`~ctresample.training.loop.TrainRunConfig`.
     """
 
     output_dir: str = "runs/autoencoder"
@@ -65,12 +65,6 @@ class _AEWithKL(torch.nn.Module):
         return rec, post.kl()
 
 
-def psnr_01(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR (dB) of two [-1, 1] tensors on the [0, 1] scale (data range 1)."""
-    mse = float(((a - b) / 2).pow(2).mean())
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
-
-
 def _load_split_arrays(cfg) -> tuple[np.ndarray, np.ndarray]:
     train = load_cache(build_cache("train", cfg.data_root, cfg.split_file, cfg.cache_dir, cfg.image_size))["hu"]
     val = load_cache(build_cache("validation", cfg.data_root, cfg.split_file, cfg.cache_dir, cfg.image_size))["hu"]
@@ -84,7 +78,7 @@ def _validate(vae, val: torch.Tensor, batch: int = 4) -> float:
     for i in range(0, len(val), batch):
         x = val[i:i + batch]
         recs.append(vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1))
-    return psnr_01(torch.cat(recs), val)
+    return unit_psnr(torch.cat(recs), val)
 
 
 def train_autoencoder(config=None, *, resume: bool = False, train_hu: np.ndarray | None = None,
@@ -99,11 +93,8 @@ def train_autoencoder(config=None, *, resume: bool = False, train_hu: np.ndarray
     train_hu, val_hu : ndarray (N, S, S) HU, optional
         In-memory data instead of the cached split (tests).
     """
-    from ..models.normalization import hu_to_unit
-    from ..models.prior import build_vae
-
     cfg = load_config(AutoencoderTrainConfig, config, overrides)
-    out, acc = start_run(cfg)
+    out, acc = loop.start_run(cfg)
     if train_hu is None:
         train_hu, val_from_split = _load_split_arrays(cfg)
         val_hu = val_from_split if val_hu is None else val_hu
@@ -127,16 +118,17 @@ def train_autoencoder(config=None, *, resume: bool = False, train_hu: np.ndarray
     ds = SliceDataset(train_hu, crop=cfg.crop, augment=cfg.augment, length=max(len(train_hu), cfg.batch_size))
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=0)
     model, opt, loader = acc.prepare(model, opt, loader)
-    ema = EMA(acc.unwrap_model(model).vae, cfg.ema_decay)
+    ema = loop.make_ema(acc.unwrap_model(model).vae, cfg.ema_decay)
 
     ckpt_path = out / "checkpoint.pt"
-    step, history, already = resume_from(ckpt_path, acc.unwrap_model(model).vae, opt, ema, acc, resume)
-    clock = RunClock(already)
+    step, history, already = loop.resume_from(ckpt_path, acc.unwrap_model(model).vae, opt, ema, acc, resume)
+    clock = loop.RunClock(already)
 
     def save(step):
-        save_state(ckpt_path, acc, acc.unwrap_model(model).vae, opt, ema, step=step, history=history, clock=clock, cfg=cfg)
+        loop.save_state(ckpt_path, acc, acc.unwrap_model(model).vae, opt, ema, step=step, history=history, clock=clock,
+                   cfg=cfg)
         if acc.is_main_process:
-            plot_losses(history, out / "loss.png", title="autoencoder", keys=("l1",), val_key="val_psnr")
+            loop.plot_losses(history, out / "loss.png", title="autoencoder", keys=("l1",), val_key="val_psnr")
 
     def loss_fn(x):
         with acc.autocast():
@@ -147,23 +139,24 @@ def train_autoencoder(config=None, *, resume: bool = False, train_hu: np.ndarray
 
     def monitor(step):
         if step % cfg.val_every == 0 and acc.is_main_process:
-            v = _validate(ema.model, val)
+            v = _validate(loop.ema_model(ema, acc.unwrap_model(model).vae), val)
             history.append({"step": step, "val_psnr": v, "elapsed_s": round(clock.elapsed, 1)})
             acc.print(f"step {step}: validation PSNR (EMA, {len(val)} slices) {v:.2f} dB, "
                       f"{clock.elapsed / 60:.1f} min")
             model.train()
 
-    step = train_loop(cfg, acc, model, opt, ema, acc.unwrap_model(model).vae, loader, loss_fn, step=step,
-                      history=history, clock=clock, save=save, desc="autoencoder", progress=progress,
-                      after_step=monitor)
-    summary = {"steps": step, "wall_time_s": round(clock.elapsed, 1), "hardware": hardware_summary(acc.device),
+    step = loop.train_loop(cfg, acc, model, opt, ema, acc.unwrap_model(model).vae, loader, loss_fn, step=step,
+                           history=history, clock=clock, save=save, desc="autoencoder", progress=progress,
+                           after_step=monitor)
+    summary = {"steps": step, "wall_time_s": round(clock.elapsed, 1), "hardware": loop.hardware_summary(acc.device),
                "num_processes": acc.num_processes, "train_slices": int(len(train_hu)),
                "batch_size": cfg.batch_size, "crop": cfg.crop,
-               "params": sum(p.numel() for p in ema.model.parameters())}
+               "params": sum(p.numel() for p in ema.shadow_params)}
     if acc.is_main_process:
-        summary["val_psnr_db"] = _validate(ema.model, val)
-        ema.model.save_pretrained(out / "vae", safe_serialization=True)
-        write_json(out / "summary.json", summary)
+        averaged = loop.ema_model(ema, acc.unwrap_model(model).vae)
+        summary["val_psnr_db"] = _validate(averaged, val)
+        averaged.save_pretrained(out / "vae", safe_serialization=True)
+        loop.write_json(out / "summary.json", summary)
         acc.print(f"autoencoder: {step} steps, {summary['wall_time_s'] / 60:.1f} min, "
                   f"validation PSNR {summary['val_psnr_db']:.2f} dB -> {out / 'vae'}")
     acc.wait_for_everyone()

@@ -1,11 +1,13 @@
-"""CT slice data for training: the subject split, a one-off float16 cache, augmentation.
+"""CT slice data for training: a one-off float16 cache of a split's slices, augmentation.
 
-Pipeline (once per split, cached): :func:`ctresample.io.read_image` -> 
-:func:`ctresample.preprocess.clip_padding` (outside-FOV padding -> -1024 HU) ->
-:func:`ctresample.preprocess.resample_to_grid` (model grid, default 256 x 256, the
+Pipeline (once per split, cached): the subjects of the split
+(:func:`ctresample.workflows.subjects.load_split`) -> :func:`ctresample.io.read_image` ->
+:func:`ctresample.workflows.preprocess.clip_padding` (outside-FOV padding -> -1024 HU) ->
+:func:`ctresample.workflows.preprocess.resample_to_grid` (model grid, default 256 x 256, the
 preprocess module's field-of-view policy) -> clip to the HU window of
-:mod:`ctresample.models.normalization` -> drop near-empty slices -> float16 HU array
+:mod:`ctresample.hu_window` -> drop near-empty slices -> float16 HU array
 ``(N, 256, 256)`` in ``<cache_dir>/<split>_<size>.npz`` with the subject of each slice.
+The cache folder defaults to ``runs/cache`` under the current working directory.
 
 Training epochs then read only the cache. :class:`SliceDataset` returns normalised
 ``[-1, 1]`` tensors ``(1, crop, crop)`` with anatomy-preserving augmentation (small
@@ -21,16 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from ..models.normalization import HU_MAX, HU_MIN, hu_to_unit
+from ..hu_window import HU_MAX, HU_MIN, hu_to_unit
+from ..workflows.subjects import Subject, default_data_root, load_split
 
 __all__ = [
-    "REPO_ROOT",
-    "DEFAULT_DATA_ROOT",
-    "DEFAULT_SPLIT",
-    "Subject",
-    "load_split",
+    "DEFAULT_CACHE_DIR",
     "load_subject_slices",
     "build_cache",
     "load_cache",
@@ -38,44 +36,8 @@ __all__ = [
     "SliceDataset",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-#: where the CT collection lives in this workspace (the ``--data`` default): ``<repo>/../shared/data/ct``,
-#: or ``<repo>/shared/data/ct`` where only that exists
-DEFAULT_DATA_ROOT = next((p for p in (REPO_ROOT.parent / "shared" / "data" / "ct", REPO_ROOT / "shared" / "data" / "ct")
-                          if p.is_dir()), REPO_ROOT.parent / "shared" / "data" / "ct")
-DEFAULT_SPLIT = REPO_ROOT / "configs" / "data_split.yaml"
-DEFAULT_CACHE_DIR = REPO_ROOT / "runs" / "cache"
-SPLITS = ("train", "validation", "test")
-
-
-@dataclass(frozen=True)
-class Subject:
-    """One subject of the split: ``path`` relative to the data root."""
-
-    id: str
-    path: str
-    per_file: bool = False
-
-
-def load_split(path=None) -> dict[str, list[Subject]]:
-    """Read ``configs/data_split.yaml`` -> ``{"train": [...], "validation": [...], "test": [...]}``.
-
-    Raises ``ValueError`` if a subject id or path appears in two splits.
-    """
-    path = Path(path) if path is not None else DEFAULT_SPLIT
-    data = yaml.safe_load(path.read_text()) or {}
-    unknown = set(data) - set(SPLITS)
-    if unknown:
-        raise ValueError(f"{path}: unknown split(s) {sorted(unknown)}; expected {SPLITS}")
-    out = {name: [Subject(**entry) for entry in (data.get(name) or [])] for name in SPLITS}
-    seen: dict[str, str] = {}
-    for name, subjects in out.items():
-        for s in subjects:
-            for key in (s.id, s.path):
-                if key in seen and seen[key] != name:
-                    raise ValueError(f"{path}: {key!r} is in both {seen[key]!r} and {name!r}")
-                seen[key] = name
-    return out
+#: the slice cache, relative to the current working directory (``cache_dir`` overrides it)
+DEFAULT_CACHE_DIR = Path("runs") / "cache"
 
 
 def load_subject_slices(subject: Subject, data_root, size: int = 256, min_body_fraction: float = 0.05):
@@ -88,7 +50,7 @@ def load_subject_slices(subject: Subject, data_root, size: int = 256, min_body_f
         ``pixel_size_mm`` per image read, number of slices read and kept.
     """
     from ..io import read_image
-    from ..preprocess import clip_padding, resample_to_grid
+    from ..workflows.preprocess import clip_padding, resample_to_grid
 
     root = Path(data_root) / subject.path
     if not root.exists():
@@ -111,7 +73,7 @@ def load_subject_slices(subject: Subject, data_root, size: int = 256, min_body_f
 
 def _cache_key(subjects: list[Subject], size: int, min_body_fraction: float) -> str:
     # the preprocessing code is part of the key: a cache built by an older resampler is stale
-    from .. import preprocess
+    from ..workflows import preprocess
 
     code = hashlib.sha1(Path(preprocess.__file__).read_bytes()).hexdigest()
     blob = json.dumps([[s.id, s.path, s.per_file] for s in subjects] + [size, min_body_fraction, HU_MIN, HU_MAX, code])
@@ -124,7 +86,7 @@ def build_cache(split: str = "train", data_root=None, split_file=None, cache_dir
 
     A cache whose key (subjects, size, window) matches is reused as is.
     """
-    data_root = Path(data_root) if data_root is not None else DEFAULT_DATA_ROOT
+    data_root = Path(data_root) if data_root is not None else default_data_root()
     cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     subjects = load_split(split_file)[split]
     if not subjects:
@@ -198,7 +160,7 @@ class SliceDataset(torch.utils.data.Dataset):
         Nominal length (sampling is with replacement through the index modulo ``N``).
 
     Items are float32 tensors ``(1, crop, crop)`` in [-1, 1] (window of
-    :mod:`ctresample.models.normalization`). Randomness comes from torch's generator of the
+    :mod:`ctresample.hu_window`). Randomness comes from torch's generator of the
     data-loading process (seeded by the training loop).
     """
 

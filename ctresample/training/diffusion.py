@@ -24,11 +24,10 @@ import numpy as np
 import torch
 
 from ..config import load_config
-from .common import (
-    EMA, RunClock, TrainRunConfig, hardware_summary, plot_losses, resume_from, save_state, start_run, train_loop,
-    write_json,
-)
+from ..models.prior import LatentDiffusionPrior, build_scheduler, build_unet
+from . import loop
 from .data import Augment, SliceDataset, build_cache, load_cache
+from .loop import TrainRunConfig
 
 __all__ = ["DiffusionTrainConfig", "train_diffusion", "encode_slices", "sample_timesteps", "subject_weights"]
 
@@ -45,7 +44,7 @@ def _default_unet() -> dict:
 class DiffusionTrainConfig(TrainRunConfig):
     """Settings of :func:`train_diffusion` (YAML: ``configs/train_diffusion.yaml``).
 
-    The run, data, schedule and budget fields come from :class:`~ctresample.training.common.TrainRunConfig`.
+    The run, data, schedule and budget fields come from :class:`~ctresample.training.loop.TrainRunConfig`.
     """
 
     output_dir: str = "runs/diffusion"
@@ -173,10 +172,8 @@ def train_diffusion(config=None, *, resume: bool = False, train_hu: np.ndarray |
     """
     from diffusers import AutoencoderKL
 
-    from ..models.prior import LatentDiffusionPrior, build_scheduler, build_unet
-
     cfg = load_config(DiffusionTrainConfig, config, overrides)
-    out, acc = start_run(cfg)
+    out, acc = loop.start_run(cfg)
     if vae is None:
         vae = AutoencoderKL.from_pretrained(cfg.autoencoder, local_files_only=True, torch_dtype=torch.float32)
     vae = vae.to(acc.device).eval().requires_grad_(False)
@@ -220,25 +217,26 @@ def train_diffusion(config=None, *, resume: bool = False, train_hu: np.ndarray |
         loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                                              num_workers=0)
     unet, opt, loader = acc.prepare(unet, opt, loader)
-    ema = EMA(acc.unwrap_model(unet), cfg.ema_decay)
+    ema = loop.make_ema(acc.unwrap_model(unet), cfg.ema_decay)
 
     ckpt_path = out / "checkpoint.pt"
-    step, history, already = resume_from(ckpt_path, acc.unwrap_model(unet), opt, ema, acc, resume)
-    clock = RunClock(already)
+    step, history, already = loop.resume_from(ckpt_path, acc.unwrap_model(unet), opt, ema, acc, resume)
+    clock = loop.RunClock(already)
 
     def save(step):
-        save_state(ckpt_path, acc, acc.unwrap_model(unet), opt, ema, step=step, history=history, clock=clock, cfg=cfg,
-                   latent_scale=latent_scale)
+        loop.save_state(ckpt_path, acc, acc.unwrap_model(unet), opt, ema, step=step, history=history, clock=clock,
+                        cfg=cfg, latent_scale=latent_scale)
         if acc.is_main_process:
-            plot_losses(history, out / "loss.png", title="latent diffusion (epsilon MSE)")
+            loop.plot_losses(history, out / "loss.png", title="latent diffusion (epsilon MSE)")
             # a usable prior at every checkpoint, so sampling work need not wait for the end
             export(out / "prior", step)
 
     def export(path, step):
-        prior = LatentDiffusionPrior(copy.deepcopy(vae).cpu(), copy.deepcopy(ema.model).cpu(), scheduler,
-                                     latent_scale=latent_scale, image_size=cfg.image_size)
+        averaged = loop.ema_model(ema, acc.unwrap_model(unet)).cpu()
+        prior = LatentDiffusionPrior(copy.deepcopy(vae).cpu(), averaged, scheduler, latent_scale=latent_scale,
+                                     image_size=cfg.image_size)
         run_info = {"steps": step, "wall_time_s": round(clock.elapsed, 1), "latent_scale": latent_scale,
-                    "hardware": hardware_summary(acc.device), "num_processes": acc.num_processes,
+                    "hardware": loop.hardware_summary(acc.device), "num_processes": acc.num_processes,
                     "batch_size": cfg.batch_size, "training_latents": list(latents.shape),
                     "latent_encoding_s": encode_s}
         extra = {"diffusion_training": run_info}
@@ -256,14 +254,14 @@ def train_diffusion(config=None, *, resume: bool = False, train_hu: np.ndarray |
             pred = unet(zt, t).sample
             return torch.nn.functional.mse_loss(pred.float(), noise), {}
 
-    step = train_loop(cfg, acc, unet, opt, ema, acc.unwrap_model(unet), loader, loss_fn, step=step, history=history,
-                      clock=clock, save=save, desc="diffusion", progress=progress)
-    summary = {"steps": step, "wall_time_s": round(clock.elapsed, 1), "hardware": hardware_summary(acc.device),
+    step = loop.train_loop(cfg, acc, unet, opt, ema, acc.unwrap_model(unet), loader, loss_fn, step=step,
+                           history=history, clock=clock, save=save, desc="diffusion", progress=progress)
+    summary = {"steps": step, "wall_time_s": round(clock.elapsed, 1), "hardware": loop.hardware_summary(acc.device),
                "num_processes": acc.num_processes, "latent_scale": latent_scale, "latent_encoding_s": encode_s,
-               "latents": list(latents.shape), "params": sum(p.numel() for p in ema.model.parameters())}
+               "latents": list(latents.shape), "params": sum(p.numel() for p in ema.shadow_params)}
     if acc.is_main_process:
         export(out / "prior", step)
-        write_json(out / "summary.json", summary)
+        loop.write_json(out / "summary.json", summary)
         acc.print(f"diffusion: {step} steps, {summary['wall_time_s'] / 60:.1f} min -> {out / 'prior'}")
     acc.wait_for_everyone()
     return summary

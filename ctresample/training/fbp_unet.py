@@ -24,12 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from operators import ParallelBeamGeometry, fbp, hu_to_mu, mu_to_hu, projector_for
+
 from ..config import load_config
-from .common import (
-    EMA, RunClock, TrainRunConfig, hardware_summary, plot_losses, resume_from, save_state, start_run, train_loop,
-    write_json,
-)
+from ..hu_window import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
+from ..metrics import unit_psnr
+from ..models.fbp_unet import META_FILE, FBPConvNet
+from . import loop
 from .data import SliceDataset, build_cache, load_cache
+from .loop import TrainRunConfig
 
 __all__ = ["FBPUNetTrainConfig", "train_fbp_unet"]
 
@@ -38,7 +41,7 @@ __all__ = ["FBPUNetTrainConfig", "train_fbp_unet"]
 class FBPUNetTrainConfig(TrainRunConfig):
     """Settings of :func:`train_fbp_unet` (YAML: ``configs/train_fbp_unet.yaml``).
 
-    The run, data, schedule and budget fields come from :class:`~ctresample.training.common.TrainRunConfig`.
+    The run, data, schedule and budget fields come from :class:`~ctresample.training.loop.TrainRunConfig`.
     """
 
     output_dir: str = "runs/fbp_unet"
@@ -58,17 +61,8 @@ class FBPUNetTrainConfig(TrainRunConfig):
     val_slices: int = 8
 
 
-def _psnr01(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a - b) / 2).pow(2).mean())
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
-
-
 def _make_pairs(x_unit: torch.Tensor, geom, cfg: FBPUNetTrainConfig, A) -> torch.Tensor:
     """Targets ``(B, 1, S, S)`` in [-1, 1] -> FBP inputs in [-1, 1] (same shape)."""
-    from operators import fbp, hu_to_mu, mu_to_hu
-
-    from ..models.normalization import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
-
     with torch.no_grad():
         y = A(hu_to_mu(unit_to_hu(x_unit)))
         if cfg.noise_probability > 0 and cfg.noise_max > 0:
@@ -94,7 +88,7 @@ def _crop_pair(inp: torch.Tensor, tgt: torch.Tensor, crop: int):
 def _validate(net, val_in: torch.Tensor, val_tgt: torch.Tensor, batch: int = 4) -> float:
     net.eval()
     outs = [net(val_in[i:i + batch]).clamp(-1, 1) for i in range(0, len(val_in), batch)]
-    return _psnr01(torch.cat(outs), val_tgt)
+    return unit_psnr(torch.cat(outs), val_tgt)
 
 
 def train_fbp_unet(config=None, *, resume: bool = False, train_hu: np.ndarray | None = None,
@@ -109,13 +103,8 @@ def train_fbp_unet(config=None, *, resume: bool = False, train_hu: np.ndarray | 
     train_hu, val_hu : ndarray (N, S, S) HU, optional
         In-memory data instead of the cached split (tests).
     """
-    from operators import ParallelBeamGeometry, projector_for
-
-    from ..models.fbp_unet import _META, FBPConvNet
-    from ..models.normalization import hu_to_unit
-
     cfg = load_config(FBPUNetTrainConfig, config, overrides)
-    out, acc = start_run(cfg)
+    out, acc = loop.start_run(cfg)
     if train_hu is None:
         train_hu = load_cache(build_cache("train", cfg.data_root, cfg.split_file, cfg.cache_dir, cfg.image_size))["hu"]
     if val_hu is None:
@@ -130,23 +119,24 @@ def train_fbp_unet(config=None, *, resume: bool = False, train_hu: np.ndarray | 
     val_tgt = hu_to_unit(torch.from_numpy(np.asarray(val_hu[val_idx], np.float32))[:, None]).clamp(-1, 1).to(acc.device)
     val_cfg = dataclasses.replace(cfg, noise_probability=0.0)
     val_in = _make_pairs(val_tgt, geom, val_cfg, A)
-    fbp_psnr = _psnr01(val_in, val_tgt)
+    fbp_psnr = unit_psnr(val_in, val_tgt)
 
     net = FBPConvNet(channels=tuple(cfg.channels), norm_groups=cfg.norm_groups)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
     ds = SliceDataset(train_hu, crop=None, augment=cfg.augment, length=max(len(train_hu), cfg.batch_size))
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=0)
     net, opt, loader = acc.prepare(net, opt, loader)
-    ema = EMA(acc.unwrap_model(net), cfg.ema_decay)
+    ema = loop.make_ema(acc.unwrap_model(net), cfg.ema_decay)
 
     ckpt_path = out / "checkpoint.pt"
-    step, history, already = resume_from(ckpt_path, acc.unwrap_model(net), opt, ema, acc, resume)
-    clock = RunClock(already)
+    step, history, already = loop.resume_from(ckpt_path, acc.unwrap_model(net), opt, ema, acc, resume)
+    clock = loop.RunClock(already)
 
     def save(step):
-        save_state(ckpt_path, acc, acc.unwrap_model(net), opt, ema, step=step, history=history, clock=clock, cfg=cfg)
+        loop.save_state(ckpt_path, acc, acc.unwrap_model(net), opt, ema, step=step, history=history, clock=clock,
+                        cfg=cfg)
         if acc.is_main_process:
-            plot_losses(history, out / "loss.png", title="fbp-unet", keys=("loss",), val_key="val_psnr")
+            loop.plot_losses(history, out / "loss.png", title="fbp-unet", keys=("loss",), val_key="val_psnr")
 
     def loss_fn(tgt):
         inp, tgt = _crop_pair(_make_pairs(tgt, geom, cfg, A), tgt, cfg.crop)
@@ -155,32 +145,34 @@ def train_fbp_unet(config=None, *, resume: bool = False, train_hu: np.ndarray | 
 
     def monitor(step):
         if step % cfg.val_every == 0 and acc.is_main_process:
-            v = _validate(ema.model, val_in, val_tgt)
+            v = _validate(loop.ema_model(ema, acc.unwrap_model(net)), val_in, val_tgt)
             history.append({"step": step, "val_psnr": v, "elapsed_s": round(clock.elapsed, 1)})
             acc.print(f"step {step}: validation PSNR (EMA, {len(val_tgt)} slices) {v:.2f} dB "
                       f"(FBP {fbp_psnr:.2f} dB), {clock.elapsed / 60:.1f} min")
             net.train()
 
-    step = train_loop(cfg, acc, net, opt, ema, acc.unwrap_model(net), loader, loss_fn, step=step, history=history,
-                      clock=clock, save=save, desc="fbp-unet", progress=progress, after_step=monitor)
-    summary = {"steps": step, "wall_time_s": round(clock.elapsed, 1), "hardware": hardware_summary(acc.device),
-               "train_slices": int(len(train_hu)), "params": sum(p.numel() for p in ema.model.parameters()),
+    step = loop.train_loop(cfg, acc, net, opt, ema, acc.unwrap_model(net), loader, loss_fn, step=step,
+                           history=history, clock=clock, save=save, desc="fbp-unet", progress=progress,
+                           after_step=monitor)
+    summary = {"steps": step, "wall_time_s": round(clock.elapsed, 1), "hardware": loop.hardware_summary(acc.device),
+               "train_slices": int(len(train_hu)), "params": sum(p.numel() for p in ema.shadow_params),
                "val_fbp_psnr_db": fbp_psnr}
     if acc.is_main_process:
-        summary["val_psnr_db"] = _validate(ema.model, val_in, val_tgt)
+        averaged = loop.ema_model(ema, acc.unwrap_model(net))
+        summary["val_psnr_db"] = _validate(averaged, val_in, val_tgt)
         model_dir = out / "model"
-        ema.model.save_pretrained(model_dir, safe_serialization=True)
+        averaged.save_pretrained(model_dir, safe_serialization=True)
         meta = {"n_views": cfg.n_views, "fbp_filter": cfg.fbp_filter, "image_size": size,
                 "angle_range": math.pi, "noise_probability": cfg.noise_probability, "noise_max": cfg.noise_max,
                 "steps": step, "train_slices": int(len(train_hu)), "val_psnr_db": summary["val_psnr_db"],
                 "val_fbp_psnr_db": fbp_psnr}
-        (model_dir / _META).write_text(json.dumps(meta, indent=2) + "\n")
+        (model_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if cfg.export_dir:
             dest = Path(cfg.export_dir)
             dest.mkdir(parents=True, exist_ok=True)
             for f in model_dir.iterdir():
                 shutil.copy2(f, dest / f.name)
-        write_json(out / "summary.json", summary)
+        loop.write_json(out / "summary.json", summary)
         acc.print(f"fbp-unet: {step} steps, {summary['wall_time_s'] / 60:.1f} min, validation PSNR "
                   f"{summary['val_psnr_db']:.2f} dB (FBP {fbp_psnr:.2f} dB) -> {model_dir}")
     acc.wait_for_everyone()

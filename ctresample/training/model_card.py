@@ -20,6 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..hu_window import clip_hu, hu_to_zero_one
+from ..metrics import psnr_from_mse
+from ..models.prior import DEFAULT_PRETRAINED, LatentDiffusionPrior
+
 __all__ = ["roundtrip_metrics", "sample_unconditional", "ship", "make_figures", "write_card", "main"]
 
 
@@ -32,8 +36,6 @@ def roundtrip_metrics(prior, hu: np.ndarray, batch: int = 4) -> dict:
     """
     from skimage.metrics import structural_similarity
 
-    from ..models.normalization import clip_hu, hu_to_zero_one
-
     recs = []
     for i in range(0, len(hu), batch):
         x = torch.from_numpy(np.asarray(hu[i:i + batch], np.float32))[:, None].to(prior.device)
@@ -42,13 +44,13 @@ def roundtrip_metrics(prior, hu: np.ndarray, batch: int = 4) -> dict:
     ref = clip_hu(np.asarray(hu, np.float64))
     a, b = hu_to_zero_one(ref), hu_to_zero_one(rec.astype(np.float64))
     mse = ((a - b) ** 2).mean(axis=(1, 2))
-    psnr = 10 * np.log10(1.0 / np.maximum(mse, 1e-12))
+    psnr = psnr_from_mse(mse)
     ssim = np.array([structural_similarity(a[k], b[k], data_range=1.0) for k in range(len(a))])
     return {
         "slices": int(len(a)),
         "psnr_db_mean": float(psnr.mean()),
         "psnr_db_min": float(psnr.min()),
-        "psnr_db_pooled": float(10 * math.log10(1.0 / mse.mean())),
+        "psnr_db_pooled": float(psnr_from_mse(mse.mean())),
         "ssim_mean": float(ssim.mean()),
         "ssim_min": float(ssim.min()),
         "rmse_hu": float(np.sqrt(((ref - rec) ** 2).mean())),
@@ -86,11 +88,9 @@ def ship(src, dest=None, fp16: bool = True, decoder_from=None) -> Path:
     """
     import json as _json
 
-    from ..models.prior import DEFAULT_PRETRAINED, LatentDiffusionPrior
-
     dest = Path(dest) if dest is not None else DEFAULT_PRETRAINED
     prior = LatentDiffusionPrior.from_pretrained(src)
-    extra = dict(getattr(prior, "extra", None) or {})
+    extra = dict(prior.extra)
     if decoder_from is not None:
         from diffusers import AutoencoderKL
 
@@ -102,7 +102,8 @@ def ship(src, dest=None, fp16: bool = True, decoder_from=None) -> Path:
                                  "only a decoder-only fine-tune of the same autoencoder can be combined")
         prior.vae = vae.eval().requires_grad_(False)
         summary = Path(decoder_from).parent / "summary.json"
-        extra["decoder_finetune"] = _json.loads(summary.read_text()) if summary.is_file() else {"from": str(decoder_from)}
+        finetune = _json.loads(summary.read_text()) if summary.is_file() else {"from": str(decoder_from)}
+        extra["decoder_finetune"] = finetune
     prior.save_pretrained(dest, fp16=fp16, extra=extra)
     return dest
 
@@ -112,14 +113,17 @@ def _folder_mb(path: Path) -> float:
 
 
 def make_figures(prior_path=None, out=None, data_root=None, split_file=None, n_samples: int = 8,
-                 steps: int = 50, seed: int = 0) -> dict:
-    """Compute every figure of the model card; returns (and writes) ``metrics.json``."""
+                 steps: int = 50, seed: int = 0, sample_dir="data/sample_ct") -> dict:
+    """Compute every figure of the model card; returns (and writes) ``metrics.json``.
+
+    ``sample_dir``: the bundled demo sample (default ``data/sample_ct`` under the working
+    directory, i.e. a checkout's); skipped when absent.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..models.prior import DEFAULT_PRETRAINED, LatentDiffusionPrior
     from .data import build_cache, load_cache
 
     prior_path = Path(prior_path) if prior_path is not None else DEFAULT_PRETRAINED
@@ -145,10 +149,9 @@ def make_figures(prior_path=None, out=None, data_root=None, split_file=None, n_s
 
     # the bundled demo sample (4 slices of the test subject), read the way the tests read it
     from ..io import read_image
-    from ..preprocess import clip_padding, resample_to_grid
-    from .data import REPO_ROOT
+    from ..workflows.preprocess import clip_padding, resample_to_grid
 
-    sample_dir = REPO_ROOT / "data" / "sample_ct"
+    sample_dir = Path(sample_dir)
     if sample_dir.is_dir():
         vol = read_image(sample_dir)
         grid, _ = resample_to_grid(clip_padding(vol.hu), vol.pixel_spacing, size=prior.image_size)
@@ -207,7 +210,7 @@ def make_figures(prior_path=None, out=None, data_root=None, split_file=None, n_s
     metrics["real_stats_hu"] = {"mean": float(tr["hu"].astype(np.float32).mean()),
                                 "p1": float(np.percentile(tr["hu"][::7].astype(np.float32), 1)),
                                 "p99": float(np.percentile(tr["hu"][::7].astype(np.float32), 99))}
-    metrics["extra"] = getattr(prior, "extra", {})
+    metrics["extra"] = prior.extra
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -251,6 +254,8 @@ def write_card(metrics: dict, path) -> Path:
         return (f"| {name} | {m['slices']} | {m['psnr_db_mean']:.2f} (min {m['psnr_db_min']:.2f}) | "
                 f"{m['psnr_db_pooled']:.2f} | {m['ssim_mean']:.4f} (min {m['ssim_min']:.4f}) | {m['rmse_hu']:.1f} |")
 
+    ae_batch = f"{ae.get('batch_size', 8)} x {ae.get('crop', 96)}^2 px crops"
+    smp = metrics.get("sampling", {})
     text = f"""# ldm-ct-256: latent diffusion prior for 256x256 CT slices
 
 The default prior of `ctresample` (`LatentDiffusionPrior.from_pretrained()`): a 1-channel
@@ -263,7 +268,7 @@ CT collection of `../shared/data/ct` (see its `SOURCES.md`); stored in float16 s
 
 ## Intended use and limits
 A prior for sparse-view CT reconstruction with ReSample/latent DPS on 256x256 axial slices
-in HU (window [-1024, 3071] mapped linearly to [-1, 1], `ctresample.models.normalization`).
+in HU (window [-1024, 3071] mapped linearly to [-1, 1], `ctresample.hu_window`).
 It was trained on only 15 subjects ({ae.get('train_slices', 'n/a')} slices) for
 {_fmt_minutes(ae.get('wall_time_s'))} + {_fmt_minutes(dm.get('wall_time_s'))} on a shared CPU:
 a small, short-trained research model, not for diagnosis.
@@ -286,7 +291,7 @@ a small, short-trained research model, not for diagnosis.
 |---|---|---|
 | parameters | {metrics['vae_params']:,} | {metrics['unet_params']:,} |
 | steps | {ae.get('steps', 'n/a')} | {dm.get('steps', 'n/a')} |
-| batch | {ae.get('batch_size', 8)} x {ae.get('crop', 96)}^2 px crops | {dm.get('batch_size', 'n/a')} x full 64x64 latents |
+| batch | {ae_batch} | {dm.get('batch_size', 'n/a')} x full 64x64 latents |
 | wall time | {_fmt_minutes(ae.get('wall_time_s'))} | {_fmt_minutes(dm.get('wall_time_s'))} |
 | hardware | {ae.get('hardware', 'n/a')} | {dm.get('hardware', 'n/a')} |
 {_ft_row(ft)}
@@ -318,9 +323,9 @@ trips and error maps of three test slices.
 
 ## Unconditional samples
 `samples.png`: top row real slices (train subjects, the test and the validation subject); below,
-{metrics.get('sampling', {}).get('n', 'n/a')} unconditional samples (DDIM,
-{metrics.get('sampling', {}).get('ddim_steps', 'n/a')} steps, eta 0, seed {metrics.get('sampling', {}).get('seed', 'n/a')};
-{metrics.get('sampling', {}).get('seconds', 'n/a')} s for all on this CPU), all shown at W 2000 / L 0.
+{smp.get('n', 'n/a')} unconditional samples (DDIM,
+{smp.get('ddim_steps', 'n/a')} steps, eta 0, seed {smp.get('seed', 'n/a')};
+{smp.get('seconds', 'n/a')} s for all on this CPU), all shown at W 2000 / L 0.
 HU statistics, samples vs training slices: mean {metrics['sample_stats_hu']['mean']:.0f} vs
 {metrics['real_stats_hu']['mean']:.0f}, 1st percentile {metrics['sample_stats_hu']['p1']:.0f} vs
 {metrics['real_stats_hu']['p1']:.0f}, 99th percentile {metrics['sample_stats_hu']['p99']:.0f} vs
@@ -345,7 +350,9 @@ def main(argv=None) -> int:
     p.add_argument("--ship-from", help="first copy this trained prior (fp16) to --prior / the shipped folder")
     p.add_argument("--decoder-from", help="with --ship-from: decoder-only fine-tuned AutoencoderKL folder to ship")
     p.add_argument("--out", help="output folder for metrics.json and PNGs (default: the prior folder)")
-    p.add_argument("--data", help="CT data root (default <repo>/../shared/data/ct)")
+    p.add_argument("--data", help="CT data root (default $CTRESAMPLE_DATA, else ../shared/data/ct from the "
+                                  "working directory)")
+    p.add_argument("--sample-ct", default="data/sample_ct", help="the bundled demo sample (default data/sample_ct)")
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
@@ -356,10 +363,9 @@ def main(argv=None) -> int:
     if args.ship_from:
         prior_path = ship(args.ship_from, args.prior, decoder_from=args.decoder_from)
         print(f"shipped {args.ship_from} -> {prior_path} ({_folder_mb(prior_path):.2f} MB)")
-    m = make_figures(prior_path, args.out, args.data, n_samples=args.samples, steps=args.steps, seed=args.seed)
+    m = make_figures(prior_path, args.out, args.data, n_samples=args.samples, steps=args.steps, seed=args.seed,
+                     sample_dir=args.sample_ct)
     out = Path(args.out) if args.out else Path(prior_path) if prior_path else None
-    from ..models.prior import DEFAULT_PRETRAINED
-
     write_card(m, (out or DEFAULT_PRETRAINED) / "MODEL_CARD.md")
     print(json.dumps({k: v for k, v in m.items() if k != "extra"}, indent=2))
     return 0

@@ -11,7 +11,7 @@ from ctresample.evaluation import (
     RESULT_COLUMNS,
     EvaluationSettings,
     EvaluationSlices,
-    MethodSpec,
+    MethodRun,
     Setting,
     evaluate,
     figure_indices,
@@ -46,7 +46,8 @@ def table_rows(markdown: str, heading: str) -> list[list[str]]:
 # ---------------------------------------------------------------------------- parsing
 def test_parse_methods_views_noises():
     specs = parse_methods("fbp, sirt,paper=resample", {"resample": "resample", "paper": "resample_paper"})
-    assert specs == (MethodSpec("fbp", "fbp"), MethodSpec("sirt", "sirt"), MethodSpec("paper", "resample", "resample_paper"))
+    assert specs == (MethodRun("fbp", "fbp"), MethodRun("sirt", "sirt"),
+                     MethodRun("paper", "resample", "resample_paper"))
     assert parse_methods("resample", {"resample": "x.yaml"})[0].config == "x.yaml"
     assert parse_views("10,25,50,25") == (10, 25, 50)
     assert parse_noises("none,gaussian:0.01,poisson:1e5") == (None, "gaussian:0.01", "poisson:100000")
@@ -113,15 +114,15 @@ def test_report_files_exist_and_parse(tiny_slices, tmp_path):
         body = table_rows(md, s)
         assert [c[0] for c in body] == ["fbp", "sirt"]
         assert all("±" in c[1] and "±" in c[2] and "±" in c[3] for c in body)
-        assert f"figures/{Setting(int(s.split()[0]), None if 'clean' in s else 'gaussian:0.01').name}.png" in md
+        assert f"figures/{Setting(int(s.split()[0]), None if 'clean' in s else 'gaussian:0.01').name}.jpg" in md
     assert [c[0] for c in table_rows(md, "PSNR (dB) across settings (best per setting in bold)")] == ["fbp", "sirt"]
     assert "ctresample evaluate ..." in md
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["slices"]["count"] == 3 and len(summary["rows"]) == 8 and summary["failures"] == []
     for name in ("8v_clean", "16v_gaussian-0.01"):
-        png = out / "figures" / f"{name}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        jpg = out / "figures" / f"{name}.jpg"
+        assert jpg.read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG, small enough to commit
 
 
 def test_same_seeds_for_every_method_and_resume(tiny_slices, tiny_prior, tmp_path):
@@ -151,25 +152,28 @@ def test_same_seeds_for_every_method_and_resume(tiny_slices, tiny_prior, tmp_pat
     # another seed is another experiment: recomputed
     other = EvaluationSettings(methods=specs, views=(8,), batch_size=2, figure_slices=1, quiet=True, seed=1)
     evaluate(tiny_slices, tmp_path / "r", other, method_kwargs=kw)
-    assert all(v["resumed_slices"] == 0 for v in json.loads((tmp_path / "r" / "summary.json").read_text())["runs"].values())
+    runs = json.loads((tmp_path / "r" / "summary.json").read_text())["runs"]
+    assert all(v["resumed_slices"] == 0 for v in runs.values())
 
 
 def test_latent_methods_samples_and_uncertainty(tiny_slices, tiny_prior, tmp_path):
-    specs = parse_methods("fbp,latent-dps,resample", {"resample": {"num_inference_steps": 3, "cg_max_iter": 2, "warm_start": "none"},
-                                                      "latent-dps": {"num_inference_steps": 2}})
+    specs = parse_methods("fbp,latent-dps,resample",
+                          {"resample": {"num_inference_steps": 3, "cg_max_iter": 2, "warm_start": "none"},
+                           "latent-dps": {"num_inference_steps": 2}})
     settings = EvaluationSettings(methods=specs, views=(8,), samples=2, batch_size=3, figure_slices=2, quiet=True)
     report = evaluate(tiny_slices, tmp_path / "u", settings,
                       method_kwargs={"resample": {"prior": tiny_prior}, "latent-dps": {"prior": tiny_prior}})
     assert report.ok
     rows = {r["method"]: r for r in report.rows}
     assert rows["resample"]["nfe_per_slice"] == 6  # 3 steps x 2 samples
-    assert rows["latent-dps"]["nfe_per_slice"] == 2  # --samples is for ReSample only
-    assert rows["resample"]["posterior_std_hu_mean"] > 0
+    assert rows["latent-dps"]["nfe_per_slice"] == 4  # every stochastic method of the registry: 2 steps x 2 samples
+    assert rows["resample"]["posterior_std_hu_mean"] > 0 and rows["latent-dps"]["posterior_std_hu_mean"] > 0
     assert math.isnan(rows["fbp"]["posterior_std_hu_mean"])
-    png = tmp_path / "u" / "figures" / "8v_clean_resample_uncertainty.png"
-    assert png.read_bytes()[:4] == b"\x89PNG"
+    jpg = tmp_path / "u" / "figures" / "8v_clean_resample_uncertainty.jpg"
+    assert jpg.read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG
     md = (tmp_path / "u" / "report.md").read_text()
-    assert "figures/8v_clean_resample_uncertainty.png" in md and "posterior std (HU)" in md
+    assert "figures/8v_clean_resample_uncertainty.jpg" in md and "posterior std (HU)" in md
+    assert "latent-dps, resample: 2 posterior samples per slice" in md
     assert [c[0] for c in table_rows(md, "8 views, clean")] == ["fbp", "latent-dps", "resample"]
 
 
@@ -209,31 +213,22 @@ def test_more_figure_slices_on_resume(tiny_slices, tmp_path):
 
 
 def test_default_preset_is_part_of_the_resume_fingerprint(tmp_path, monkeypatch):
-    """A method run without a config is fingerprinted by its preset file: editing it invalidates saved results."""
+    """A method run without a config is fingerprinted by its registered preset: editing it invalidates saved results."""
     import ctresample.config as config_module
-    from ctresample.evaluation import MethodSpec, _config_identity, _effective_config
+    from ctresample.evaluation import MethodRun, config_identity, effective_config
 
-    monkeypatch.setattr(config_module, "CONFIG_DIR", tmp_path)
+    shipped = config_module.preset_path
+    def preset_path(name):
+        return tmp_path / f"{name}.yaml" if (tmp_path / f"{name}.yaml").is_file() else shipped(name)
+
+    monkeypatch.setattr(config_module, "preset_path", preset_path)
     preset = tmp_path / "latent_dps.yaml"
     preset.write_text("zeta: 0.1\n")
-    spec = MethodSpec("dps", "latent-dps")
-    before = _config_identity(_effective_config(spec))
+    run = MethodRun("dps", "latent-dps")
+    assert effective_config(run) == "latent_dps"  # the registry's preset of the method
+    before = config_identity(effective_config(run))
     assert "zeta: 0.1" in before["text"]
     preset.write_text("zeta: 0.2\n")
-    assert _config_identity(_effective_config(spec)) != before
-    assert _effective_config(MethodSpec("fbp", "fbp")) is None  # no preset file: the code's defaults
-    assert _effective_config(MethodSpec("p", "resample", "resample_paper")) == "resample_paper"
-
-
-@pytest.mark.parametrize("module, cls", [("ctresample.sampling.resample", "ResampleConfig"),
-                                         ("ctresample.sampling.latent_dps", "LatentDPSConfig"),
-                                         ("ctresample.models.fbp_unet", "FBPUNetConfig")])
-def test_method_presets_equal_the_code_defaults(module, cls):
-    """The fingerprint stands for a config-less run by its preset file: they must agree."""
-    import importlib
-
-    from ctresample.config import load_config
-
-    config_cls = getattr(importlib.import_module(module), cls)
-    preset = {"ResampleConfig": "resample", "LatentDPSConfig": "latent_dps", "FBPUNetConfig": "fbp_unet"}[cls]
-    assert load_config(config_cls, preset) == config_cls()
+    assert config_identity(effective_config(run)) != before
+    assert effective_config(MethodRun("fbp", "fbp")) is None  # no preset registered: the code's defaults
+    assert effective_config(MethodRun("p", "resample", "resample_paper")) == "resample_paper"

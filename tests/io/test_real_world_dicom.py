@@ -107,9 +107,9 @@ def _irregular_series(make_dicom_series, positions_z, orientation=(1.0, 0.0, 0.0
 
 
 def test_skipped_slice_keeps_true_positions_everywhere(make_dicom_series, tmp_path):
+    from ctresample.io import read_sinogram
     from ctresample.io.sinogram import SinogramDicomWriter
     from ctresample.io.writers import DicomSeriesWriter, write_nifti_volume
-    from ctresample.io import read_sinogram
     from operators import ParallelBeamGeometry
 
     nib = pytest.importorskip("nibabel")

@@ -24,7 +24,7 @@ def test_tiny_builds_fast_and_is_deterministic():
     a = LatentDiffusionPrior.tiny(seed=3)
     assert time.time() - t0 < 1.0
     b = LatentDiffusionPrior.tiny(seed=3)
-    for p, q in zip(a.parameters(), b.parameters()):
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)
 
 

@@ -7,8 +7,7 @@ import torch
 pytest.importorskip("diffusers")
 
 from ctresample.models.prior import LatentDiffusionPrior  # noqa: E402
-from ctresample.training.model_card import (roundtrip_metrics, sample_unconditional, ship,  # noqa: E402
-                                            write_card)
+from ctresample.training.model_card import roundtrip_metrics, sample_unconditional, ship, write_card  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +40,8 @@ def test_ship_fp16_and_decoder_check(tiny, tmp_path):
         vae.decoder.conv_out.weight.add_(0.01)
     vae.save_pretrained(tmp_path / "ft" / "vae")
     (tmp_path / "ft" / "summary.json").write_text(json.dumps({"steps": 5}))
-    q = LatentDiffusionPrior.from_pretrained(ship(tmp_path / "src", tmp_path / "d2", decoder_from=tmp_path / "ft" / "vae"))
+    shipped = ship(tmp_path / "src", tmp_path / "d2", decoder_from=tmp_path / "ft" / "vae")
+    q = LatentDiffusionPrior.from_pretrained(shipped)
     assert q.extra["decoder_finetune"]["steps"] == 5
     LatentDiffusionPrior.tiny(seed=2, image_size=32).vae.save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="encoder"):

@@ -1,0 +1,442 @@
+"""ReSample (Song et al., ICLR 2024, Algorithm 1) for sparse-view CT.
+
+Notation
+--------
+=====================  =============================  ==============================================
+paper                  code                           meaning
+=====================  =============================  ==============================================
+``y``                  ``y``                          measured sinogram ``(B, 1, V, D)``, line integrals
+``A``                  ``A``                          parallel-beam projector on attenuation (1/mm)
+``E``, ``D``           ``prior.encode``,              autoencoder; HU in / HU out (normalisation
+                       ``prior.decode``               inside the prior); ``mu(.)`` maps HU -> 1/mm
+``s_theta(z, t)``      ``prior.predict_eps``          the UNet (one call = one NFE)
+``t + 1``, ``t``       ``t``, ``t_prev``              current DDIM step and the one it moves to
+``abar_{t+1}``         ``a_t``                        ``alphas_cumprod[t]`` (diffusers scheduler)
+``abar_t``             ``a_prev``                     ``alphas_cumprod[t_prev]`` (final: ``final_alpha_cumprod``)
+``eps_hat_{t+1}``      ``eps_hat``                    predicted noise
+``z0_hat(z_{t+1})``    ``z0_hat``                     Tweedie's estimate (``prior.tweedie_z0``)
+``delta``              ``std_dev_t / eta``            DDIM ``sqrt((1-a_prev)/(1-a_t) (1-a_t/a_prev))`` (in ``step``)
+``eta``                ``cfg.eta``                    DDIM stochasticity (0 = deterministic DDIM)
+``epsilon_1``          ``eps1``                       fresh noise of the DDIM step
+``z'_t``               ``z_prime``                    unconditional DDIM sample (``DDIMScheduler.step``)
+``C``                  ``plan``                       steps with hard data consistency
+``z0_hat(y)``          ``z0_y``                       measurement-consistent latent
+``sigma_t^2``          ``s``                          resampling variance, ``gamma`` times the DDPM one
+``gamma``              ``cfg.gamma``                  the authors' 40
+``z_t``                ``z``                          the state carried to the next step
+``x_0``                ``x0``                         output slice, HU
+=====================  =============================  ==============================================
+
+Algorithm (one trajectory per slice, all slices of the batch at once)::
+
+    z_T ~ N(0, I)
+    for t = T-1 .. 0:                                     # DDIM steps, noisiest first
+        eps_hat = s_theta(z_{t+1}, t+1);  z0_hat = Tweedie(z_{t+1}, eps_hat)
+        z'_t = sqrt(abar_t) z0_hat + sqrt(1 - abar_t - eta^2 delta^2) eps_hat + eta delta eps1
+        if t in C:
+            pixel phase:  x_y = argmin_x ||y - A x||^2 near D(z0_hat)   (SIRT, CG or the authors' AdamW)
+                          z0_y = E(x_y)
+            latent phase: z0_y = argmin_z ||y - A(D(z))||^2 from z0_hat  (AdamW)
+            z_t = StochasticResample(z0_y, z'_t, sigma_t^2)             # Eq. 13
+        else:
+            z_t = z'_t
+    x_0 = D(z_0)   (optionally followed by one more consistency solve)
+
+The DDIM step is diffusers' ``DDIMScheduler.step`` on the prior's schedule
+(:meth:`~ctresample.models.prior.LatentDiffusionPrior.ddim_scheduler`, coefficients in float64),
+given ``eps1`` drawn from the caller's generator before the UNet call. ``eta`` scales the
+noise's standard deviation, so ``eta^2 delta^2`` under the square root; Algorithm 1 as
+printed writes ``eta delta^2``, which coincides at ``eta`` in {0, 1}.
+
+``C`` holds every ``skip_interval``-th step between ``start_fraction`` and ``end_fraction``
+of the schedule, counted back from the last one; steps before ``latent_fraction`` use the pixel phase, later ones the
+latent phase (the authors: nothing in the first third, pixel in the second, latent in the
+last, every 10th of 500 steps).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from operators import ParallelBeamGeometry, fbp, hu_to_mu, mu_to_hu, projector_for
+from operators.units import MU_WATER
+
+from ..config import load_config
+from ..hu_window import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
+from ..models.prior import DEFAULT_PRETRAINED, load_prior
+from ..solvers import adamw_least_squares, discrepancy_threshold, proximal_least_squares, sirt, sirt_with_stop
+from . import _common
+from .output import ReconstructionOutput
+
+__all__ = ["ResampleConfig", "consistency_plan", "nfe_per_sample", "resample", "reconstruct_resample",
+           "resample_variance", "resample_moments", "stochastic_resample", "weights_folder", "warm_up"]
+
+
+@dataclass(frozen=True)
+class ResampleConfig:
+    """Every knob of ReSample; presets in ``configs/resample*.yaml`` say what each trades off."""
+
+    prior: str | None = None  # saved prior folder; None = the shipped ldm-ct-256
+    num_inference_steps: int = 200  # DDIM steps (NFE per sample without warm start)
+    eta: float = 0.0  # DDIM noise (0 deterministic DDIM, 1 DDPM-like)
+    gamma: float = 40.0  # sigma_t^2 = gamma * DDPM variance (small: trust the prior, large: the data)
+    skip_interval: int = 1  # k: hard consistency every k-th step
+    start_fraction: float = 0.3  # no consistency before this fraction of the steps
+    end_fraction: float = 1.0  # nor after this one
+    latent_fraction: float = 1.0  # consistency steps after this fraction use latent optimisation
+    pixel_solver: str = "sirt"  # "sirt" (SIRT above -1024 HU), "cg" (normal equations) or "adamw" (the authors')
+    cg_lambda: float = 0.0  # proximal weight to D(z0_hat), relative to ||A||^2
+    cg_max_iter: int = 10  # CG iteration cap per consistency step
+    sirt_iterations: int = 200  # SIRT iterations per consistency step (pixel_solver: sirt)
+    noise_sigma: float | str | None = "auto"  # per-ray noise std for the discrepancy rule; "auto" estimates, None off
+    discrepancy_tau: float = 1.0  # stop inner solves when ||y-Ax||^2 <= tau*m*sigma^2
+    pixel_lr: float = 1e-2  # authors' pixel AdamW learning rate (on [-1, 1] pixels)
+    pixel_max_iter: int = 2000  # authors' pixel AdamW iteration cap
+    pixel_eps: float = 1e-3  # authors' stop: mean squared sinogram residual < eps^2
+    latent_lr: float = 5e-3  # latent AdamW learning rate
+    latent_max_iter: int = 500  # latent AdamW iteration cap
+    latent_eps: float = 1e-3  # latent stop: mean squared sinogram residual < eps^2
+    latent_patience: int = 200  # latent stop: no improvement for this many iterations
+    weight_decay: float = 0.01  # AdamW weight decay (torch default, as the authors)
+    final_consistency: str = "pixel"  # after D(z_0): "none", "pixel" (the pixel solver near D(z_0)) or "latent"
+    warm_start: str = "sirt"  # "none" (z_T ~ N(0, I), the paper) or "sirt"/"fbp": noise E(x_init) to the first step
+    warm_start_fraction: float = 0.875  # share of the DDIM steps skipped by the warm start (saves NFE)
+    warm_start_iterations: int = 50  # SIRT iterations of the warm-start image
+    clip_output: bool = True  # clip the output to the HU window [-1024, 3071]
+    n_samples: int = 2  # posterior samples per slice (mean + std map when > 1)
+    mu_water: float = MU_WATER  # 1/mm, must match the value used to make the sinogram
+
+
+def consistency_plan(cfg: ResampleConfig) -> dict[int, str]:
+    """``C``: iteration index (0 = noisiest) -> ``"pixel"`` or ``"latent"``.
+
+    Every ``skip_interval``-th step counted back from the last step before ``end_fraction``,
+    down to ``start_fraction``; steps before ``latent_fraction`` use the pixel phase.
+    """
+    n = int(cfg.num_inference_steps)
+    if cfg.skip_interval < 1:
+        raise ValueError(f"skip_interval must be >= 1, got {cfg.skip_interval}")
+    if not (0.0 <= cfg.start_fraction <= cfg.end_fraction <= 1.0):
+        raise ValueError("need 0 <= start_fraction <= end_fraction <= 1")
+    first = int(math.ceil(cfg.start_fraction * n))
+    last = int(math.ceil(cfg.end_fraction * n)) - 1  # inclusive
+    split = cfg.latent_fraction * n
+    # anchored at the last step of the window, so the final (least noisy) steps are always fixed
+    steps = range(last, first - 1, -int(cfg.skip_interval))
+    return {i: ("pixel" if i < split else "latent") for i in sorted(steps)}
+
+
+def warm_start_index(cfg: ResampleConfig) -> int:
+    """First DDIM iteration run (0 without warm start); always leaves at least one step."""
+    if cfg.warm_start == "none":
+        return 0
+    n = int(cfg.num_inference_steps)
+    return min(int(round(cfg.warm_start_fraction * n)), n - 1)
+
+
+def nfe_per_sample(cfg: ResampleConfig) -> int:
+    """UNet evaluations of one trajectory: the DDIM steps after the warm-start entry."""
+    return int(cfg.num_inference_steps) - warm_start_index(cfg)
+
+
+def _check(cfg: ResampleConfig) -> None:
+    if cfg.pixel_solver not in ("cg", "sirt", "adamw"):
+        raise ValueError(f"pixel_solver must be 'cg', 'sirt' or 'adamw', got {cfg.pixel_solver!r}")
+    if cfg.final_consistency not in ("none", "pixel", "latent"):
+        raise ValueError(f"final_consistency must be 'none', 'pixel' or 'latent', got {cfg.final_consistency!r}")
+    if cfg.num_inference_steps < 1 or cfg.n_samples < 1:
+        raise ValueError("num_inference_steps and n_samples must be >= 1")
+    if cfg.eta < 0 or cfg.gamma < 0:
+        raise ValueError("eta and gamma must be >= 0")
+    if cfg.warm_start not in ("none", "sirt", "fbp"):
+        raise ValueError(f"warm_start must be 'none', 'sirt' or 'fbp', got {cfg.warm_start!r}")
+    if not (0.0 <= cfg.warm_start_fraction < 1.0):
+        raise ValueError("warm_start_fraction must be in [0, 1)")
+
+
+def weights_folder(cfg: ResampleConfig):
+    """The prior folder ``cfg`` loads (registry: ``MethodSpec.weights``)."""
+    return cfg.prior or DEFAULT_PRETRAINED
+
+
+def warm_up(cfg: ResampleConfig, device, kwargs: dict) -> None:
+    """Load and cache the prior on ``device`` unless ``kwargs`` passes ``prior`` (registry: ``MethodSpec.warm_up``)."""
+    if "prior" not in kwargs:
+        load_prior(cfg.prior, device)
+
+
+# ----------------------------------------------------------------------------- Eq. 13
+def resample_variance(gamma: float, abar_from, abar_to):
+    """The authors' ``sigma_t^2 = gamma (1 - abar_to) / (1 - abar_from) (1 - abar_from / abar_to)``.
+
+    ``abar_from`` is the cumulative alpha of the current (noisier) step ``t + 1`` and
+    ``abar_to`` that of the step ``t`` being resampled to, so ``sigma_t^2`` is ``gamma`` times
+    the DDPM posterior variance between the two (the DDIM ``delta^2`` at ``eta = 1``).
+    """
+    return gamma * (1 - abar_to) / (1 - abar_from) * (1 - abar_from / abar_to)
+
+
+def resample_moments(z0_y: torch.Tensor, z_prime: torch.Tensor, abar, sigma2):
+    """Mean and variance of Eq. 13 (Proposition 2).
+
+    ``mean = (s sqrt(abar) z0_y + (1 - abar) z') / (s + 1 - abar)``,
+    ``var = s (1 - abar) / (s + 1 - abar)`` with ``s = sigma_t^2`` and ``abar = abar_t``.
+    """
+    abar = torch.as_tensor(abar, dtype=z0_y.dtype, device=z0_y.device)
+    s = torch.as_tensor(sigma2, dtype=z0_y.dtype, device=z0_y.device)
+    mean = (s * abar.sqrt() * z0_y + (1 - abar) * z_prime) / (s + 1 - abar)
+    var = s * (1 - abar) / (s + 1 - abar)
+    return mean, var
+
+
+def stochastic_resample(z0_y: torch.Tensor, z_prime: torch.Tensor, abar, sigma2,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw ``z_t ~ N(mean, var I)`` of Eq. 13 (see :func:`resample_moments`).
+
+    Parameters
+    ----------
+    z0_y : Tensor, (B, c, h, w)
+        Measurement-consistent latent ``z0_hat(y)``.
+    z_prime : Tensor, (B, c, h, w)
+        Unconditional DDIM sample ``z'_t``.
+    abar : float or Tensor
+        ``abar_t`` of the target step.
+    sigma2 : float or Tensor
+        ``sigma_t^2``: 0 returns ``z'_t`` (unconditional), infinity stochastic encoding
+        ``N(sqrt(abar) z0_y, (1 - abar) I)``.
+    """
+    mean, var = resample_moments(z0_y, z_prime, abar, sigma2)
+    noise = torch.randn(z0_y.shape, generator=generator, device=z0_y.device, dtype=z0_y.dtype)
+    return mean + var.sqrt() * noise
+
+
+# ----------------------------------------------------------------------------- Algorithm 1
+class _Consistency:
+    """The hard data-consistency solvers bound to one batch (prior, operator, measurements)."""
+
+    def __init__(self, prior, A, y, cfg: ResampleConfig):
+        self.prior, self.A, self.y, self.cfg = prior, A, y, cfg
+        m = y[0].numel()
+        disc = None
+        if cfg.noise_sigma is not None:
+            disc = discrepancy_threshold(y, cfg.noise_sigma, cfg.discrepancy_tau)
+        self.discrepancy = disc
+
+        def eps_rule(eps):
+            t = torch.full((y.shape[0],), m * eps**2, dtype=y.dtype, device=y.device)
+            return t if disc is None else torch.maximum(t, disc)
+
+        self.pixel_threshold = eps_rule(cfg.pixel_eps)
+        self.latent_threshold = eps_rule(cfg.latent_eps)
+        self.decoder_calls = 0
+        self.encoder_calls = 0
+        self.inner = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
+
+    def mu(self, hu):
+        return hu_to_mu(hu, self.cfg.mu_water)
+
+    def decode(self, z):
+        self.decoder_calls += 1
+        return self.prior.decode(z)
+
+    def pixel_cg(self, x_hat_hu: torch.Tensor) -> torch.Tensor:
+        """``argmin ||y - A x||^2 + lam ||A||^2 ||x - x_hat||^2`` by CG; HU in, HU out."""
+        res = proximal_least_squares(self.A, self.y, self.mu(x_hat_hu.to(self.y.dtype)), lam=self.cfg.cg_lambda,
+                                     max_iter=self.cfg.cg_max_iter, threshold=self.discrepancy)
+        self.inner += res.iterations
+        return mu_to_hu(res.x, self.cfg.mu_water)
+
+    def pixel_sirt(self, x_hat_hu: torch.Tensor) -> torch.Tensor:
+        """SIRT started at ``x_hat``, kept above the HU window's floor (its early stop is the regulariser).
+
+        HU in, HU out. Stops a slice by the discrepancy rule like CG. The bound is -1024 HU (the
+        window and the prior's air), not mu >= 0 (-1000 HU), which would put a 24 HU offset on
+        every air pixel.
+        """
+        floor = float(self.mu(torch.tensor(HU_MIN, dtype=torch.float64)))
+        with torch.no_grad():
+            x, _, its = sirt_with_stop(self.A, self.y, self.cfg.sirt_iterations, nonnegative=True, lower=floor,
+                                       x0=self.mu(x_hat_hu.to(self.y.dtype)).clamp_min(floor),
+                                       threshold=self.discrepancy)
+        self.inner += its
+        return mu_to_hu(x, self.cfg.mu_water)
+
+    def pixel_solve(self, x_hat_hu: torch.Tensor) -> torch.Tensor:
+        """The configured pixel-space solver near ``x_hat``; HU in, HU out."""
+        solver = {"cg": self.pixel_cg, "sirt": self.pixel_sirt, "adamw": self.pixel_adamw}[self.cfg.pixel_solver]
+        return solver(x_hat_hu)
+
+    def pixel_adamw(self, x_hat_hu: torch.Tensor) -> torch.Tensor:
+        """The authors' pixel variant: AdamW on [-1, 1] pixels from ``D(z0_hat)``; HU in, HU out."""
+        fwd = lambda v: self.A(self.mu(unit_to_hu(v)))
+        res = adamw_least_squares(fwd, self.y, hu_to_unit(x_hat_hu.to(self.y.dtype)), lr=self.cfg.pixel_lr,
+                                  max_iter=self.cfg.pixel_max_iter, threshold=self.pixel_threshold,
+                                  weight_decay=self.cfg.weight_decay)
+        self.inner += res.iterations
+        return unit_to_hu(res.x)
+
+    def pixel(self, z0_hat: torch.Tensor) -> torch.Tensor:
+        """Pixel phase: decode, solve in image space, clip to the window, re-encode."""
+        with torch.no_grad():
+            x_hat = self.decode(z0_hat)
+        x_y = self.pixel_solve(x_hat)
+        with torch.no_grad():
+            self.encoder_calls += 1
+            return self.prior.encode(x_y.clamp(HU_MIN, HU_MAX).to(z0_hat.dtype))
+
+    def latent(self, z0_hat: torch.Tensor) -> torch.Tensor:
+        """Latent phase: ``argmin_z ||y - A(D(z))||^2`` by AdamW from ``z0_hat``."""
+        calls = [0]
+
+        def fwd(z):
+            calls[0] += 1
+            return self.A(self.mu(self.prior.decode(z)).to(self.y.dtype))
+
+        res = adamw_least_squares(fwd, self.y, z0_hat, lr=self.cfg.latent_lr, max_iter=self.cfg.latent_max_iter,
+                                  threshold=self.latent_threshold, patience=self.cfg.latent_patience,
+                                  weight_decay=self.cfg.weight_decay)
+        self.decoder_calls += calls[0]
+        self.inner += res.iterations
+        return res.x
+
+
+def resample(prior, A, y: torch.Tensor, cfg: ResampleConfig, generator: torch.Generator | None = None,
+             callback=None) -> tuple[torch.Tensor, dict]:
+    """Run Algorithm 1 on a batch of sinograms, one trajectory per row of ``y``.
+
+    Parameters
+    ----------
+    prior : LatentDiffusionPrior
+        ``encode``/``decode`` (HU), ``predict_eps``, ``scheduler``, ``latent_shape``.
+    A : linear operator, images (B, 1, H, W) in 1/mm -> (B, 1, V, D)
+    y : Tensor, (B, 1, V, D), float32
+    cfg : ResampleConfig
+    generator : torch.Generator, optional
+        The only source of randomness (``z_T``, DDIM noise, resampling noise).
+    callback : callable(i, t, z0_hat), optional
+        Called after every step (e.g. to record the trajectory).
+
+    Returns
+    -------
+    x0 : Tensor, (B, 1, H, W), HU
+    info : dict
+        ``nfe``, ``inner_iterations`` (per slice), ``consistency_steps``, decoder/encoder calls.
+    """
+    _check(cfg)
+    device = y.device
+    batch = y.shape[0]
+    scheduler = prior.ddim_scheduler(cfg.num_inference_steps)
+    timesteps = scheduler.timesteps.tolist()
+    plan = consistency_plan(cfg)
+    dc = _Consistency(prior, A, y, cfg)
+    nfe = 0
+
+    z = _common.randn((batch, *prior.latent_shape), generator, device)  # z_T ~ N(0, I)
+    first = 0
+    if cfg.warm_start != "none":
+        # beyond the paper (SDEdit / CCDF): start at step i0 from a noised encoding of a
+        # classic reconstruction instead of pure noise, skipping the first i0 UNet calls
+        first = warm_start_index(cfg)
+        x_init = _warm_start_image(A, y, cfg)
+        with torch.no_grad():
+            dc.encoder_calls += 1
+            z_init = prior.encode(x_init.to(z.dtype))
+        a0, _ = _common.ddim_alphas(scheduler, timesteps[first])
+        z = math.sqrt(a0) * z_init + math.sqrt(1 - a0) * z  # q(z_t | z_init), reusing the N(0, I) draw
+        plan = {i: phase for i, phase in plan.items() if i >= first}
+    for i, t in enumerate(timesteps):
+        if i < first:
+            continue
+        a_t, a_prev = _common.ddim_alphas(scheduler, t)
+        eps1 = _common.randn(z.shape, generator, device) if cfg.eta > 0 else None
+        with torch.no_grad():
+            eps_hat = prior.predict_eps(z, t)  # s_theta(z_{t+1}, t+1)
+            nfe += 1
+            z0_hat = prior.tweedie_z0(z, t, eps_hat)  # Tweedie
+            z_prime = scheduler.step(eps_hat, t, z, eta=cfg.eta, variance_noise=eps1).prev_sample  # unconditional DDIM
+        if i in plan:
+            z0_y = dc.pixel(z0_hat) if plan[i] == "pixel" else dc.latent(z0_hat)  # hard data consistency
+            s = resample_variance(cfg.gamma, a_t, a_prev)  # sigma_t^2
+            with torch.no_grad():
+                z = stochastic_resample(z0_y, z_prime, a_prev, s, generator)  # Eq. 13
+        else:
+            z = z_prime
+        if callback is not None:
+            callback(i, t, z0_hat)
+
+    if cfg.final_consistency == "latent":
+        z = dc.latent(z)
+    with torch.no_grad():
+        x0 = dc.decode(z)  # x_0 = D(z_0)
+    if cfg.final_consistency == "pixel":
+        x0 = dc.pixel_solve(x0)
+    if cfg.clip_output:
+        x0 = x0.clamp(HU_MIN, HU_MAX)
+    info = {
+        "nfe": nfe,
+        "inner_iterations": dc.inner.tolist(),
+        "consistency_steps": sorted(plan),
+        "consistency_phases": [plan[i] for i in sorted(plan)],
+        "decoder_calls": dc.decoder_calls,
+        "encoder_calls": dc.encoder_calls,
+    }
+    return x0.detach().float(), info
+
+
+def _warm_start_image(A, y: torch.Tensor, cfg: ResampleConfig) -> torch.Tensor:
+    """SIRT (non-negative) or FBP image in HU, clipped to the window, for ``warm_start``."""
+    with torch.no_grad():
+        if cfg.warm_start == "sirt":
+            mu, _ = sirt(A, y, cfg.warm_start_iterations, nonnegative=True)
+        else:
+            mu = fbp(y, A.geometry, "ram-lak", projector=A)
+    return mu_to_hu(mu, cfg.mu_water).clamp(HU_MIN, HU_MAX)
+
+
+def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=None, generator=None, prior=None,
+                         n_samples: int | None = None, callback=None, **kwargs) -> ReconstructionOutput:
+    """ReSample as a registered method.
+
+    Parameters
+    ----------
+    sinogram : Tensor, (B, 1, V, D)
+    geometry : ParallelBeamGeometry
+        Its image must be the prior's ``image_size`` square.
+    config : ResampleConfig, dict, YAML path or preset name (default: ``ResampleConfig()``, the
+        same values as ``configs/resample.yaml``)
+    generator : torch.Generator, optional
+    prior : LatentDiffusionPrior, optional
+        Use this prior object instead of loading ``config.prior``.
+    n_samples : int, optional
+        Posterior samples per slice (overrides the config): the image is their mean and
+        ``std`` the per-pixel standard deviation (HU).
+    **kwargs
+        Single config fields to override.
+    """
+    t0 = time.perf_counter()
+    cfg = load_config(ResampleConfig, config, overrides=kwargs)
+    if n_samples is not None:
+        cfg = load_config(ResampleConfig, cfg, overrides={"n_samples": int(n_samples)})
+    y = sinogram.float()
+    device = y.device
+    prior = _common.resolve_prior(prior, cfg.prior, device)
+    _common.check_geometry(prior, geometry)
+    A = projector_for(geometry, device)
+    batch, k = y.shape[0], int(cfg.n_samples)
+    y_traj = y.repeat_interleave(k, dim=0) if k > 1 else y
+    x0, info = resample(prior, A, y_traj, cfg, generator, callback=callback)
+    inner = torch.tensor(info["inner_iterations"]).reshape(batch, k).sum(dim=1)
+    info.update(
+        nfe=info["nfe"] * k,
+        nfe_per_sample=info["nfe"],
+        n_samples=k,
+        inner_iterations=inner.tolist(),
+    )
+    out = _common.pack_samples(x0, batch, k, info)
+    out.info["data_residual"] = _common.data_residual(A, y, out.image, cfg.mu_water).tolist()
+    out.info["wall_time"] = time.perf_counter() - t0
+    return out
+

@@ -1,1 +1,0 @@
-"""Reconstruction methods and the method registry."""

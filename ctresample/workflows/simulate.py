@@ -1,0 +1,210 @@
+"""The ``simulate`` workflow: an image study -> sparse-view sinograms (DICOM layout) and ground truth.
+
+Slices are clipped at -1024 HU, resampled onto the model grid
+(:mod:`ctresample.workflows.preprocess`) and projected (:mod:`ctresample.workflows.simulation`);
+the noise of slice ``k`` is drawn from a generator seeded with ``(seed, k)``, so a result
+does not depend on which process computed it. Also the first half of ``reconstruct`` when
+its input is an image series.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from operators import ParallelBeamGeometry
+
+from ..io import ImageVolume, read_image
+from ..io.volume import grid_affine
+from ..io.writers import (
+    DicomSeriesWriter,
+    SliceStore,
+    atomic_write_text,
+    check_writable,
+    deterministic_uid,
+    write_nifti_volume,
+)
+from ..utils import derive_seed, progress
+from .distributed import dist_info, my_batches
+from .preprocess import clip_padding, resample_to_grid
+from .settings import SimulationSettings
+from .simulation import add_noise, simulate_sinogram
+from .store import PROCESS_START, claim_settings, fingerprint, try_lock
+from .studies import Study, StudyResult
+
+__all__ = ["SimulationPlan", "plan_simulation", "simulate_batch", "finalize_simulation", "simulate_study",
+           "simulation_id"]
+
+
+@dataclass
+class SimulationPlan:
+    """Everything needed to simulate any batch of one image study."""
+
+    volume: ImageVolume
+    grid: np.ndarray  # (Z, size, size) HU
+    geometry: ParallelBeamGeometry
+    affine: np.ndarray
+    settings: SimulationSettings
+    folder: Path
+    sino_writer: object
+    gt_writer: DicomSeriesWriter | None
+    gt_store: SliceStore
+
+    def done(self, k: int) -> bool:
+        if not self.sino_writer.has(k):
+            return False
+        if (self.folder / "ground_truth.nii.gz").exists():
+            return self.gt_writer is None or self.gt_writer.has(k)
+        return self.gt_store.has(k) and (self.gt_writer is None or self.gt_writer.has(k))
+
+    def complete(self) -> bool:
+        return (
+            (self.folder / "ground_truth.nii.gz").exists() or "nifti" not in self.settings.formats
+        ) and all(self.sino_writer.has(k) and (self.gt_writer is None or self.gt_writer.has(k))
+                  for k in range(len(self.grid)))
+
+
+def plan_simulation(volume: ImageVolume, folder: Path, sim: SimulationSettings) -> SimulationPlan:
+    from ..io.sinogram import SinogramDicomWriter
+
+    hu = clip_padding(volume.hu)
+    grid, p = resample_to_grid(hu, volume.pixel_spacing, size=sim.size, fov_mm=sim.fov_mm)
+    geometry = sim.geometry(p)
+    affine = grid_affine(volume.affine, volume.hu.shape[1:], volume.pixel_spacing, sim.size, p)
+    source_id = {
+        "source": str(volume.source.resolve()),
+        "series_uid": volume.metadata.get("series_uid", ""),
+        "shape": list(volume.hu.shape),
+    }
+    settings = {"simulation": simulation_id(sim), "input": source_id}
+    claim_settings(folder / ".ctresample", settings, "simulation")
+    tags = volume.metadata.get("dicom_tags", {})
+    key = fingerprint(settings)
+    provenance = {
+        "source": source_id,
+        "noise": sim.noise,
+        "seed": sim.seed,
+        "size": sim.size,
+        "fov_mm": sim.fov_mm if sim.fov_mm is not None else p * sim.size,
+        "clip_floor_hu": -1024,
+    }
+    sino_writer = SinogramDicomWriter(
+        folder / "sinograms",
+        geometry=geometry,
+        volume_affine=affine,
+        n_slices=len(grid),
+        series_uid=deterministic_uid("sinograms", key),
+        tags=tags,
+        mu_water=sim.mu_water,
+        provenance=provenance,
+        description=f"sinograms {sim.views} views" + (f" {sim.noise}" if sim.noise else ""),
+    )
+    gt_writer = None
+    if "dicom" in sim.formats:
+        gt_writer = DicomSeriesWriter(
+            folder / "ground_truth",
+            affine=affine,
+            shape=(sim.size, sim.size),
+            series_uid=deterministic_uid("ground_truth", key),
+            tags=tags,
+            description=f"ground truth {sim.size}px",
+            series_number=8001,
+            derivation=f"resampled to {sim.size}x{sim.size}, {p:.4g} mm pixels, HU clipped at -1024 (ctresample)",
+        )
+    gt_store = SliceStore(folder / ".ctresample" / "ground_truth", len(grid))
+    plan = SimulationPlan(volume, grid, geometry, affine, sim, folder, sino_writer, gt_writer, gt_store)
+    meta = {
+        "layout": "ctresample-sinogram/1",
+        "geometry": geometry.to_dict(),
+        "mu_water": sim.mu_water,
+        "n_slices": len(grid),
+        "volume_affine": affine.tolist(),
+        "slice_positions_mm": [float(v) for v in np.asarray(_positions(affine, len(grid)))],
+        **provenance,
+    }
+    side = folder / "simulation.json"
+    if not side.exists():
+        atomic_write_text(side, json.dumps(meta, indent=1))
+    return plan
+
+
+def _positions(affine, n):
+    from ..io.volume import slice_positions_from_affine
+
+    return slice_positions_from_affine(affine, n)
+
+
+def simulate_batch(plan: SimulationPlan, idx: list[int], device: str = "cpu") -> torch.Tensor:
+    """Sinograms of slices ``idx`` as stored in the files (writes the files that are missing)."""
+    sim = plan.settings
+    x = torch.from_numpy(plan.grid[idx]).to(device)[:, None]
+    clean = simulate_sinogram(x, plan.geometry, mu_water=sim.mu_water)
+    out = []
+    for n, k in enumerate(idx):
+        g = torch.Generator().manual_seed(derive_seed(sim.seed, k))
+        y = add_noise(clean[n : n + 1].cpu(), sim.noise, generator=g)[0, 0].numpy()
+        from ..io.sinogram import dequantize, quantize
+
+        if not plan.sino_writer.has(k):
+            stored = plan.sino_writer.write(k, y)
+        else:
+            stored = dequantize(*quantize(y))
+        if plan.gt_writer is not None and not plan.gt_writer.has(k):
+            plan.gt_writer.write(k, plan.grid[k])
+        if "nifti" in sim.formats and not plan.gt_store.has(k) and not (plan.folder / "ground_truth.nii.gz").exists():
+            plan.gt_store.put(k, plan.grid[k])
+        out.append(torch.from_numpy(stored))
+    return torch.stack(out)[:, None]
+
+
+def finalize_simulation(plan: SimulationPlan) -> list[str]:
+    outputs = [str(plan.sino_writer.folder)]
+    if plan.gt_writer is not None:
+        outputs.append(str(plan.gt_writer.folder))
+    nii = plan.folder / "ground_truth.nii.gz"
+    if "nifti" in plan.settings.formats:
+        if not nii.exists() and plan.gt_store.complete():
+            lock = plan.folder / ".ctresample" / "ground_truth.lock"
+            if try_lock(lock, PROCESS_START):
+                try:
+                    if not nii.exists():
+                        write_nifti_volume(nii, plan.gt_store.stack(), plan.affine)
+                    plan.gt_store.remove()
+                finally:
+                    lock.unlink(missing_ok=True)
+        outputs.append(str(nii))
+    return outputs
+
+
+def simulate_study(study: Study, sim: SimulationSettings, *, device: str = "cpu", strict: bool = False,
+                   quiet: bool = True) -> StudyResult:
+    """Simulate the sinograms (and ground truth) of one image study into ``study.out``."""
+    t0 = time.perf_counter()
+    rank, world = dist_info()
+    volume = read_image(study.path, series=study.series, strict=strict)
+    check_writable(study.out)
+    plan = plan_simulation(volume, study.out, sim)
+    written: list[int] = []
+    todo = [b for b in my_batches(len(plan.grid), sim.batch_size, rank, world) if not all(plan.done(k) for k in b)]
+    with progress(sum(len(b) for b in todo), f"simulate {study.name}", disable=quiet or rank != 0) as bar:
+        for idx in todo:
+            before = {k for k in idx if plan.sino_writer.has(k)}
+            simulate_batch(plan, idx, device)
+            written.extend(k for k in idx if k not in before)
+            bar.update(len(idx))
+    outputs = finalize_simulation(plan)
+    status = "ok" if todo else "skipped"
+    return StudyResult(study.name, status, len(written), time.perf_counter() - t0, written=written, outputs=outputs)
+
+
+
+def simulation_id(sim: SimulationSettings) -> dict:
+    d = dataclasses.asdict(sim)
+    d.pop("batch_size")
+    d.pop("formats")
+    return d

@@ -1,0 +1,209 @@
+"""ReSample (Algorithm 1) and Latent-DPS on a tiny random prior (seconds on CPU)."""
+
+import pytest
+import torch
+
+import ctresample
+from ctresample.config import load_config
+from ctresample.methods.resample import ResampleConfig, _Consistency, consistency_plan, nfe_per_sample, resample
+from operators import projector_for
+
+# the paper's structure (noise start, no final solve), tiny sizes
+FAST = dict(num_inference_steps=6, skip_interval=2, start_fraction=0.3, cg_max_iter=5, noise_sigma=None,
+            warm_start="none", final_consistency="none", cg_lambda=0.01, n_samples=1)
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_shapes_info_and_determinism(tiny_prior, tiny_problem):
+    geom, hu, y = tiny_problem
+    a = ctresample.reconstruct(y, geom, method="resample", config=FAST, generator=_gen(0), prior=tiny_prior)
+    b = ctresample.reconstruct(y, geom, method="resample", config=FAST, generator=_gen(0), prior=tiny_prior)
+    c = ctresample.reconstruct(y, geom, method="resample", config=FAST, generator=_gen(1), prior=tiny_prior)
+    assert a.image.shape == (2, 1, 32, 32) and a.image.dtype == torch.float32
+    assert torch.equal(a.image, b.image)
+    assert not torch.equal(a.image, c.image)
+    assert a.std is None
+    info = a.info
+    assert info["nfe"] == 6
+    assert info["consistency_steps"] == [3, 5]
+    assert len(info["inner_iterations"]) == 2 and all(i > 0 for i in info["inner_iterations"])
+    assert len(info["data_residual"]) == 2 and info["wall_time"] > 0
+    assert a.image.min() >= -1024 and a.image.max() <= 3071
+
+
+def test_ddim_loop_matches_diffusers_scheduler(tiny_prior):
+    """With C empty the loop is plain DDIM: compare with DDIMScheduler.step (eta = 0 and 0.7)."""
+    from diffusers import DDIMScheduler
+
+    for eta in (0.0, 0.7):
+        cfg = ResampleConfig(num_inference_steps=5, eta=eta, start_fraction=1.0, end_fraction=1.0,
+                             warm_start="none", final_consistency="none")
+        zs = []
+        _, info = _run_latent(tiny_prior, cfg, _gen(3), zs)
+        assert info["consistency_steps"] == []
+        sched = DDIMScheduler.from_config(tiny_prior.scheduler.config)
+        sched.set_timesteps(5)
+        g = _gen(3)
+        z = torch.randn((2, *tiny_prior.latent_shape), generator=g)
+        for t in sched.timesteps:
+            with torch.no_grad():
+                eps = tiny_prior.predict_eps(z, t)
+            z = sched.step(eps, t, z, eta=eta, generator=g if eta > 0 else None).prev_sample
+        torch.testing.assert_close(zs[-1], z, rtol=1e-4, atol=1e-5)
+
+
+def _run_latent(prior, cfg, generator, out):
+    """Run resample() and capture the final latent by intercepting the decoder."""
+    orig = prior.decode
+
+    def spy(z):
+        out.append(z.detach().clone())
+        return orig(z)
+
+    prior.decode = spy
+    try:
+        geom = ctresample.ParallelBeamGeometry(image_size=32, n_views=10)
+        A = projector_for(geom)
+        y = torch.zeros(2, 1, *geom.sinogram_shape)
+        return resample(prior, A, y, cfg, generator)
+    finally:
+        del prior.decode
+
+
+def test_consistency_plan_authors_schedule():
+    cfg = load_config(ResampleConfig, "resample_paper")
+    plan = consistency_plan(cfg)
+    steps = sorted(plan)
+    assert cfg.num_inference_steps == 500
+    assert steps[0] == 169 and steps[-1] == 499 and all(b - a == 10 for a, b in zip(steps, steps[1:], strict=False))
+    assert {plan[i] for i in steps if i < 333} == {"pixel"}
+    assert {plan[i] for i in steps if i >= 334} == {"latent"}
+
+
+def test_default_config_matches_preset():
+    assert load_config(ResampleConfig, "resample") == ResampleConfig()
+    cfg = ResampleConfig()
+    assert nfe_per_sample(cfg) * cfg.n_samples <= 100  # the NFE budget of the default
+
+
+def test_nfe_follows_warm_start(tiny_prior, tiny_problem):
+    geom, hu, y = tiny_problem
+    for steps, frac, expected in ((8, 0.5, 4), (8, 0.875, 1), (2, 0.875, 1)):  # at least one step remains
+        cfg = dict(FAST, num_inference_steps=steps, warm_start="sirt", warm_start_fraction=frac,
+                   warm_start_iterations=2)
+        assert nfe_per_sample(ResampleConfig(**cfg)) == expected
+        out = ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(0), prior=tiny_prior)
+        assert out.info["nfe"] == expected and torch.isfinite(out.image).all()
+
+
+def test_pixel_cg_and_latent_optimisation_reduce_residual(tiny_prior, tiny_problem):
+    geom, hu, y = tiny_problem
+    A = projector_for(geom)
+    cfg = ResampleConfig(cg_max_iter=8, latent_max_iter=30, latent_lr=0.05, noise_sigma=None, cg_lambda=0.01)
+    dc = _Consistency(tiny_prior, A, y, cfg)
+    z0 = torch.randn((2, *tiny_prior.latent_shape), generator=_gen(0))
+
+    def res(hu_img):
+        return (y - A(ctresample.hu_to_mu(hu_img))).flatten(1).norm(dim=1)
+
+    with torch.no_grad():
+        x_hat = tiny_prior.decode(z0)
+    x_y = dc.pixel_cg(x_hat)
+    assert (res(x_y) < 0.5 * res(x_hat)).all()
+    x_s = dc.pixel_sirt(x_hat)
+    assert (res(x_s) < 0.5 * res(x_hat)).all()
+    assert (x_s >= -1024 - 1e-3).all()  # kept above the window's floor
+    z_y = dc.latent(z0)
+    with torch.no_grad():
+        assert (res(tiny_prior.decode(z_y)) < res(x_hat)).all()
+    assert (dc.inner > 0).all()
+
+
+def test_final_pixel_consistency_lowers_data_residual(tiny_prior, tiny_problem):
+    geom, hu, y = tiny_problem
+    kw = dict(config=FAST, generator=_gen(0), prior=tiny_prior)
+    plain = ctresample.reconstruct(y, geom, method="resample", **kw)
+    polished = ctresample.reconstruct(y, geom, method="resample", final_consistency="pixel", **kw)
+    assert all(p < q for p, q in zip(polished.info["data_residual"], plain.info["data_residual"], strict=True))
+
+
+def test_sirt_solver_runs_in_the_loop(tiny_prior, tiny_problem):
+    geom, hu, y = tiny_problem
+    cfg = dict(FAST, pixel_solver="sirt", sirt_iterations=4, final_consistency="pixel")
+    out = ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(0), prior=tiny_prior)
+    assert out.info["inner_iterations"] == [4 * 3, 4 * 3]  # two steps in C + the final solve
+    assert torch.isfinite(out.image).all()
+    with pytest.raises(ValueError, match="pixel_solver"):
+        ctresample.reconstruct(y, geom, method="resample", config=dict(FAST, pixel_solver="lsqr"), prior=tiny_prior)
+
+
+def test_authors_variants_run(tiny_prior, tiny_problem):
+    geom, hu, y = tiny_problem
+    cfg = dict(FAST, pixel_solver="adamw", pixel_max_iter=10, latent_fraction=0.6, latent_max_iter=5,
+               final_consistency="latent", eta=0.5)
+    out = ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(0), prior=tiny_prior)
+    assert out.info["consistency_phases"] == ["pixel", "latent"]
+    assert torch.isfinite(out.image).all()
+
+
+def test_n_samples_mean_and_std(tiny_prior, tiny_problem):
+    geom, hu, y = tiny_problem
+    out = ctresample.reconstruct(y, geom, method="resample", config=dict(FAST, num_inference_steps=3),
+                                 generator=_gen(0), prior=tiny_prior, n_samples=3)
+    assert out.image.shape == (2, 1, 32, 32) and out.std.shape == (2, 1, 32, 32)
+    samples = out.info["samples"]
+    assert samples.shape == (2, 3, 1, 32, 32)
+    torch.testing.assert_close(out.image, samples.mean(dim=1))
+    assert (out.std > 0).any()
+    assert out.info["nfe"] == 9 and out.info["nfe_per_sample"] == 3
+
+
+def test_geometry_mismatch_is_explained(tiny_prior):
+    geom = ctresample.ParallelBeamGeometry(image_size=48, n_views=10)
+    y = torch.zeros(1, 1, *geom.sinogram_shape)
+    with pytest.raises(ValueError, match="32x32"):
+        ctresample.reconstruct(y, geom, method="resample", config=FAST, prior=tiny_prior)
+
+
+def test_unknown_option_rejected(tiny_prior, tiny_problem):
+    geom, hu, y = tiny_problem
+    with pytest.raises(ValueError, match="unknown"):
+        ctresample.reconstruct(y, geom, method="resample", config=dict(FAST, step=3), prior=tiny_prior)
+
+
+def test_latent_dps_shapes_determinism_and_zeta_zero_is_ddim(tiny_prior, tiny_problem):
+    geom, hu, y = tiny_problem
+    cfg = dict(num_inference_steps=4, zeta=0.5)
+    a = ctresample.reconstruct(y, geom, method="latent-dps", config=cfg, generator=_gen(0), prior=tiny_prior)
+    b = ctresample.reconstruct(y, geom, method="latent-dps", config=cfg, generator=_gen(0), prior=tiny_prior)
+    assert a.image.shape == (2, 1, 32, 32)
+    assert torch.equal(a.image, b.image)
+    assert a.info["nfe"] == 4
+    # zeta = 0 is unconditional DDIM, the same as ReSample with no consistency step
+    d = ctresample.reconstruct(y, geom, method="latent-dps", config=dict(cfg, zeta=0.0), generator=_gen(0),
+                               prior=tiny_prior)
+    r = ctresample.reconstruct(y, geom, method="resample", generator=_gen(0), prior=tiny_prior,
+                               config=dict(num_inference_steps=4, start_fraction=1.0, warm_start="none",
+                                           final_consistency="none", n_samples=1))
+    torch.testing.assert_close(d.image, r.image)
+    assert not torch.equal(a.image, d.image)
+
+
+def test_default_config_runs(tiny_prior, tiny_problem):
+    geom, hu, y = tiny_problem
+    out = ctresample.reconstruct(y, geom, method="resample", generator=_gen(0), prior=tiny_prior)
+    assert out.info["nfe_per_sample"] == 25 and len(out.info["consistency_steps"]) == 25
+    assert out.info["n_samples"] == 2 and out.info["nfe"] == 50  # two samples, averaged
+    assert out.std is not None and out.std.shape == out.image.shape
+
+
+def test_warm_start_skips_steps(tiny_prior, tiny_problem):
+    geom, hu, y = tiny_problem
+    cfg = dict(FAST, num_inference_steps=8, warm_start="sirt", warm_start_fraction=0.5, warm_start_iterations=5)
+    out = ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(0), prior=tiny_prior)
+    assert out.info["nfe"] == 4
+    assert min(out.info["consistency_steps"]) >= 4
+    assert torch.isfinite(out.image).all()

@@ -1,0 +1,55 @@
+"""Presets ship with the package and resolve by name; the public API imports from the top."""
+import dataclasses
+
+import pytest
+
+from ctresample.config import available_presets, load_config, preset_path, resolve_config_path
+
+
+def test_presets_resolve_through_the_package():
+    names = available_presets()
+    assert {"resample", "resample_paper", "latent_dps", "fbp_unet", "data_split", "train_autoencoder",
+            "train_diffusion", "train_diffusion_finetune", "train_fbp_unet"} <= set(names)
+    path = preset_path("resample_paper")
+    assert path.is_file() and path.name == "resample_paper.yaml"
+    assert preset_path("no_such_preset") is None and preset_path("../pyproject") is None
+
+
+def test_load_config_sources_and_errors(tmp_path):
+    from ctresample import ResampleConfig
+
+    assert load_config(ResampleConfig, "resample_paper").num_inference_steps == 500
+    assert load_config(ResampleConfig, {"eta": 0.5}).eta == 0.5
+    assert load_config(ResampleConfig, None, overrides={"gamma": 3.0}).gamma == 3.0
+    f = tmp_path / "c.yaml"
+    f.write_text("eta: 0.25\n")
+    assert load_config(ResampleConfig, f).eta == 0.25 and resolve_config_path(f) == f
+    with pytest.raises(ValueError, match="unknown key"):
+        load_config(ResampleConfig, {"etaa": 1})
+    with pytest.raises(FileNotFoundError, match="presets: .*resample_paper"):
+        load_config(ResampleConfig, "resample_papr")
+
+
+def test_public_api():
+    import ctresample
+    import operators
+    from ctresample import (  # noqa: F401
+        LatentDiffusionPrior,
+        MethodSpec,
+        ParallelBeamGeometry,
+        ParallelBeamProjector,
+        ReconstructionOutput,
+        ResampleConfig,
+        available_methods,
+        method_spec,
+        read_image,
+        reconstruct,
+    )
+    from ctresample.models import FBPConvNet
+    from ctresample.models import LatentDiffusionPrior as FromModels
+
+    assert ParallelBeamGeometry is operators.ParallelBeamGeometry and FromModels is LatentDiffusionPrior
+    assert dataclasses.is_dataclass(ResampleConfig) and FBPConvNet.__name__ == "FBPConvNet"
+    assert set(ctresample.__all__) <= set(dir(ctresample))
+    with pytest.raises(AttributeError):
+        ctresample.no_such_name  # noqa: B018
