@@ -116,6 +116,7 @@ BUILTIN: tuple[MethodSpec, ...] = (
     MethodSpec("fbp", f"{_M}.fbp:reconstruct_fbp", f"{_M}.fbp:FBPConfig"),
     MethodSpec("sirt", f"{_M}.sirt:reconstruct_sirt", f"{_M}.sirt:SIRTConfig"),
     MethodSpec("cgls", f"{_M}.cgls:reconstruct_cgls", f"{_M}.cgls:CGLSConfig"),
+    MethodSpec("tv", f"{_M}.tv:reconstruct_tv", f"{_M}.tv:TVConfig", preset="tv"),
     MethodSpec("fbp-unet", f"{_M}.fbp_unet:reconstruct_fbp_unet", f"{_M}.fbp_unet:FBPUNetConfig", preset="fbp_unet",
                weights=f"{_M}.fbp_unet:weights_folder", warm_up=f"{_M}.fbp_unet:warm_up"),
     MethodSpec("latent-dps", f"{_M}.latent_dps:reconstruct_latent_dps", f"{_M}.latent_dps:LatentDPSConfig",

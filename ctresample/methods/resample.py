@@ -67,7 +67,15 @@ from operators.units import MU_WATER
 from ..config import load_config
 from ..hu_window import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
 from ..models.prior import DEFAULT_PRETRAINED, load_prior
-from ..solvers import adamw_least_squares, discrepancy_threshold, proximal_least_squares, sirt, sirt_with_stop
+from ..solvers import (
+    adamw_least_squares,
+    discrepancy_threshold,
+    proximal_least_squares,
+    sirt,
+    sirt_with_stop,
+    tv_lambda_rule,
+    tv_least_squares,
+)
 from . import _common
 from .output import ReconstructionOutput
 
@@ -87,10 +95,15 @@ class ResampleConfig:
     start_fraction: float = 0.3  # no consistency before this fraction of the steps
     end_fraction: float = 1.0  # nor after this one
     latent_fraction: float = 1.0  # consistency steps after this fraction use latent optimisation
-    pixel_solver: str = "sirt"  # "sirt" (SIRT above -1024 HU), "cg" (normal equations) or "adamw" (the authors')
+    pixel_solver: str = "sirt"  # "sirt" (SIRT above -1024 HU), "tv" (TV least squares), "cg" or "adamw" (the authors')
     cg_lambda: float = 0.0  # proximal weight to D(z0_hat), relative to ||A||^2
     cg_max_iter: int = 10  # CG iteration cap per consistency step
     sirt_iterations: int = 200  # SIRT iterations per consistency step (pixel_solver: sirt)
+    tv_lambda: float = 3e-4  # TV weight of the TV solves (pixel_solver / warm_start: tv), as TVConfig.lam
+    tv_lambda_per_sigma: float = 0.13  # added per unit of estimated sinogram noise std, as TVConfig.lam_per_sigma
+    tv_iterations: int = 100  # primal-dual iterations per consistency step (pixel_solver: tv)
+    tv_final_iterations: int | None = None  # iterations of the final solve (None: tv_iterations)
+    warm_start_tv_iterations: int = 300  # primal-dual iterations of the TV warm-start image (warm_start: tv)
     noise_sigma: float | str | None = "auto"  # per-ray noise std for the discrepancy rule; "auto" estimates, None off
     discrepancy_tau: float = 1.0  # stop inner solves when ||y-Ax||^2 <= tau*m*sigma^2
     pixel_lr: float = 1e-2  # authors' pixel AdamW learning rate (on [-1, 1] pixels)
@@ -143,16 +156,18 @@ def nfe_per_sample(cfg: ResampleConfig) -> int:
 
 
 def _check(cfg: ResampleConfig) -> None:
-    if cfg.pixel_solver not in ("cg", "sirt", "adamw"):
-        raise ValueError(f"pixel_solver must be 'cg', 'sirt' or 'adamw', got {cfg.pixel_solver!r}")
+    if cfg.pixel_solver not in ("cg", "sirt", "adamw", "tv"):
+        raise ValueError(f"pixel_solver must be 'cg', 'sirt', 'adamw' or 'tv', got {cfg.pixel_solver!r}")
     if cfg.final_consistency not in ("none", "pixel", "latent"):
         raise ValueError(f"final_consistency must be 'none', 'pixel' or 'latent', got {cfg.final_consistency!r}")
     if cfg.num_inference_steps < 1 or cfg.n_samples < 1:
         raise ValueError("num_inference_steps and n_samples must be >= 1")
     if cfg.eta < 0 or cfg.gamma < 0:
         raise ValueError("eta and gamma must be >= 0")
-    if cfg.warm_start not in ("none", "sirt", "fbp"):
-        raise ValueError(f"warm_start must be 'none', 'sirt' or 'fbp', got {cfg.warm_start!r}")
+    if cfg.warm_start not in ("none", "sirt", "fbp", "tv"):
+        raise ValueError(f"warm_start must be 'none', 'sirt', 'fbp' or 'tv', got {cfg.warm_start!r}")
+    if cfg.tv_lambda < 0 or cfg.tv_iterations < 1:
+        raise ValueError("tv_lambda must be >= 0 and tv_iterations >= 1")
     if not (0.0 <= cfg.warm_start_fraction < 1.0):
         raise ValueError("warm_start_fraction must be in [0, 1)")
 
@@ -264,8 +279,24 @@ class _Consistency:
         self.inner += its
         return mu_to_hu(x, self.cfg.mu_water)
 
-    def pixel_solve(self, x_hat_hu: torch.Tensor) -> torch.Tensor:
-        """The configured pixel-space solver near ``x_hat``; HU in, HU out."""
+    def pixel_tv(self, x_hat_hu: torch.Tensor, iterations: int | None = None) -> torch.Tensor:
+        """TV-regularised least squares (Chambolle-Pock) started at ``x_hat``, above -1024 HU; HU in, HU out.
+
+        Beyond the paper: the inner solve adds a TV term (``tv_lambda``, the TV baseline's
+        rule) instead of fitting the data alone, for a fixed number of iterations from ``x_hat``.
+        """
+        floor = float(self.mu(torch.tensor(HU_MIN, dtype=torch.float64)))
+        lam = tv_lambda_rule(self.y, self.cfg.tv_lambda, self.cfg.tv_lambda_per_sigma)
+        res = tv_least_squares(self.A, self.y, lam, mu_water=self.cfg.mu_water,
+                               n_iterations=iterations or self.cfg.tv_iterations, tol=0.0, lower=floor,
+                               x0=self.mu(x_hat_hu.to(self.y.dtype)).clamp_min(floor))
+        self.inner += res.iterations
+        return mu_to_hu(res.x, self.cfg.mu_water)
+
+    def pixel_solve(self, x_hat_hu: torch.Tensor, final: bool = False) -> torch.Tensor:
+        """The configured pixel-space solver near ``x_hat``; HU in, HU out (``final``: the last solve)."""
+        if self.cfg.pixel_solver == "tv":
+            return self.pixel_tv(x_hat_hu, self.cfg.tv_final_iterations if final else None)
         solver = {"cg": self.pixel_cg, "sirt": self.pixel_sirt, "adamw": self.pixel_adamw}[self.cfg.pixel_solver]
         return solver(x_hat_hu)
 
@@ -372,7 +403,7 @@ def resample(prior, A, y: torch.Tensor, cfg: ResampleConfig, generator: torch.Ge
     with torch.no_grad():
         x0 = dc.decode(z)  # x_0 = D(z_0)
     if cfg.final_consistency == "pixel":
-        x0 = dc.pixel_solve(x0)
+        x0 = dc.pixel_solve(x0, final=True)
     if cfg.clip_output:
         x0 = x0.clamp(HU_MIN, HU_MAX)
     info = {
@@ -387,10 +418,13 @@ def resample(prior, A, y: torch.Tensor, cfg: ResampleConfig, generator: torch.Ge
 
 
 def _warm_start_image(A, y: torch.Tensor, cfg: ResampleConfig) -> torch.Tensor:
-    """SIRT (non-negative) or FBP image in HU, clipped to the window, for ``warm_start``."""
+    """SIRT (non-negative), TV (mu >= 0) or FBP image in HU, clipped to the window, for ``warm_start``."""
     with torch.no_grad():
         if cfg.warm_start == "sirt":
             mu, _ = sirt(A, y, cfg.warm_start_iterations, nonnegative=True)
+        elif cfg.warm_start == "tv":
+            lam = tv_lambda_rule(y, cfg.tv_lambda, cfg.tv_lambda_per_sigma)
+            mu = tv_least_squares(A, y, lam, mu_water=cfg.mu_water, n_iterations=cfg.warm_start_tv_iterations).x
         else:
             mu = fbp(y, A.geometry, "ram-lak", projector=A)
     return mu_to_hu(mu, cfg.mu_water).clamp(HU_MIN, HU_MAX)

@@ -62,7 +62,7 @@ def _gen(seed):
 
 
 def test_builtins_are_registered_and_resolvable():
-    assert [s.name for s in BUILTIN] == ["fbp", "sirt", "cgls", "fbp-unet", "latent-dps", "resample"]
+    assert [s.name for s in BUILTIN] == ["fbp", "sirt", "cgls", "tv", "fbp-unet", "latent-dps", "resample"]
     for name in available_methods():
         spec = method_spec(name)
         assert callable(spec.load())
