@@ -29,25 +29,27 @@ name                       home
 ``load_config``            :mod:`ctresample.config` (presets shipped with the package)
 =========================  ====================================================================
 
-Heavy dependencies (diffusers, pydicom, nibabel) are imported only when a name that needs
-them is first used.
+Every name is imported on first use (torch included), so ``import ctresample`` and the
+command line's start (``ctresample --help``, and a Ctrl-C during it) are instant; heavy
+dependencies (diffusers, pydicom, nibabel) come only with the names that need them.
 """
-from operators import ParallelBeamGeometry, ParallelBeamProjector, fbp, hu_to_mu, mu_to_hu
-
 from ._version import __version__
-from .config import load_config
-from .methods import (
-    MethodSpec,
-    ReconstructionOutput,
-    available_methods,
-    get_method,
-    method_spec,
-    reconstruct,
-    register_method,
-)
 
 # name -> module it is read from on first use
 _LAZY = {
+    "ParallelBeamGeometry": "operators",
+    "ParallelBeamProjector": "operators",
+    "fbp": "operators",
+    "hu_to_mu": "operators",
+    "mu_to_hu": "operators",
+    "load_config": "ctresample.config",
+    "MethodSpec": "ctresample.methods",
+    "ReconstructionOutput": "ctresample.methods",
+    "available_methods": "ctresample.methods",
+    "get_method": "ctresample.methods",
+    "method_spec": "ctresample.methods",
+    "reconstruct": "ctresample.methods",
+    "register_method": "ctresample.methods",
     "LatentDiffusionPrior": "ctresample.models.prior",
     "FBPConvNet": "ctresample.models.fbp_unet",
     "FBPConfig": "ctresample.methods.fbp",
@@ -62,32 +64,19 @@ _LAZY = {
     "simulate_sinogram": "ctresample.workflows.simulation",
 }
 
-__all__ = [
-    "MethodSpec",
-    "ParallelBeamGeometry",
-    "ParallelBeamProjector",
-    "ReconstructionOutput",
-    "available_methods",
-    "fbp",
-    "get_method",
-    "hu_to_mu",
-    "load_config",
-    "method_spec",
-    "mu_to_hu",
-    "reconstruct",
-    "register_method",
-    "__version__",
-    *_LAZY,
-]
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        import importlib
+    import importlib
+    import importlib.util
 
+    if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")  # a subpackage: ctresample.methods ...
     raise AttributeError(f"module 'ctresample' has no attribute {name!r}")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["derive_seed", "json_default", "progress"]
+__all__ = ["derive_seed", "json_default", "progress", "PlainProgress"]
 
 
 def derive_seed(seed: int, index: int) -> int:
@@ -41,9 +41,96 @@ def json_default(obj):
 
 
 def progress(total: int, desc: str, *, disable: bool = False, unit: str = "slice", initial: int = 0,
-             leave: bool = False, position: int | None = None):
-    """A tqdm progress bar on stderr; with ``disable`` every method is a no-op (no output)."""
+             leave: bool = False, position: int | None = None, stream=None):
+    """A progress display on stderr; with ``disable`` every method is a no-op (no output).
+
+    On a terminal, a tqdm bar. Otherwise (a log file, a batch job's output, a pipe) no escape
+    codes: :class:`PlainProgress` writes one plain line every :data:`PLAIN_PROGRESS_SECONDS`
+    and one when it finishes.
+    """
+    import sys
+
+    stream = sys.stderr if stream is None else stream
+    if not disable and not _is_tty(stream):
+        return PlainProgress(total, desc, unit=unit, initial=initial, stream=stream)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=disable, leave=leave, position=position,
-                dynamic_ncols=True)
+                dynamic_ncols=True, file=stream)
+
+
+#: seconds between two lines of :class:`PlainProgress`
+PLAIN_PROGRESS_SECONDS = 30.0
+
+
+def _is_tty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class PlainProgress:
+    """tqdm's interface (``update``, ``set_postfix``, ``close``, a context manager) as plain text lines.
+
+    ``desc: 12/40 slices (30%), 41 s`` at most every ``interval`` seconds, and a last line
+    on ``close`` (nothing for an empty task).
+    """
+
+    def __init__(self, total: int, desc: str, *, unit: str = "slice", initial: int = 0, stream=None,
+                 interval: float | None = None):
+        import sys
+        import time
+
+        self.total, self.desc, self.unit, self.n = int(total), desc, unit, int(initial)
+        self.stream = sys.stderr if stream is None else stream
+        self.interval = PLAIN_PROGRESS_SECONDS if interval is None else float(interval)
+        self._t0 = self._last = time.monotonic()
+        self._shown = self.n
+        self._postfix = ""
+        self._closed = False
+        if self.total:
+            self._emit()  # a log shows what started, even when the first step takes minutes
+
+    def _line(self) -> str:
+        import time
+
+        pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        units = self.unit if self.total == 1 else self.unit + "s"
+        post = f", {self._postfix}" if self._postfix else ""
+        return f"{self.desc}: {self.n}/{self.total} {units}{pct}, {time.monotonic() - self._t0:.0f} s{post}"
+
+    def _emit(self) -> None:
+        import time
+
+        try:
+            print(self._line(), file=self.stream, flush=True)
+        except (OSError, ValueError):
+            pass
+        self._last = time.monotonic()
+        self._shown = self.n
+
+    def update(self, n: int = 1) -> None:
+        import time
+
+        self.n += int(n)
+        if time.monotonic() - self._last >= self.interval:
+            self._emit()
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self._postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self._postfix = str(s)
+
+    def close(self) -> None:
+        if not self._closed and self.n != self._shown and self.total:
+            self._emit()
+        self._closed = True
+
+    def __enter__(self) -> "PlainProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

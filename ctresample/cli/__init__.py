@@ -37,15 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "_run", None):
-        parser.print_help()
-        return 2
+    """Run a sub-command; Ctrl-C at any point (start-up included) is one line on stderr and exit status 130."""
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "_run", None):
+            parser.print_help()
+            return 2
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted: finished slices are kept; run the same command again to resume", file=sys.stderr)
+        print("interrupted (Ctrl-C): finished slices are kept; run the same command again to resume",
+              file=sys.stderr)
         return 130
 
 

@@ -108,13 +108,20 @@ def check_device(device: str) -> str:
 
 def report(results, output) -> int:
     import sys
+    from pathlib import Path
 
     failed = [r for r in results if r.status == "failed"]
     ok = sum(r.status == "ok" for r in results)
     skipped = sum(r.status == "skipped" for r in results)
+    ignored = sum(r.status == "ignored" for r in results)
+    where = (f"summary in {output}/summary.json" if (Path(output) / "summary.json").exists()
+             else f"nothing written to {output}")
     print(f"{len(results)} stud{'y' if len(results) == 1 else 'ies'}: {ok} done, {skipped} already complete, "
-          f"{len(failed)} failed; "
-          f"summary in {output}/summary.json", file=sys.stderr)
+          f"{len(failed)} failed" + (f", {ignored} ignored (empty)" if ignored else "") + f"; {where}",
+          file=sys.stderr)
+    for r in results:
+        if r.status == "ok" and r.psnr is not None:
+            print(f"{r.study}: PSNR {r.psnr:.2f} dB, SSIM {r.ssim:.3f} against the ground truth", file=sys.stderr)
     for r in failed:
         print(f"FAILED {r.study}: {r.error}", file=sys.stderr)
     return 1 if failed else 0

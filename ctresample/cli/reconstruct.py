@@ -35,6 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="method settings (YAML file or a preset name from configs/)")
     p.add_argument("--samples", type=positive_int, default=None, metavar="K",
                    help="posterior samples per slice (stochastic methods); the std map is written too")
+    p.add_argument("--save-samples", action="store_true",
+                   help="also write every posterior sample, as <method>_samples.nii.gz (4D: K volumes); the run "
+                        "record keeps only scalars")
+    p.add_argument("--no-preview", action="store_true",
+                   help="no <method>_preview.jpg (a few slices in soft-tissue and lung windows, with the ground "
+                        "truth and PSNR/SSIM when the study was simulated from images)")
     g = p.add_argument_group("array sinograms (.npy / NIfTI: their geometry is not stored)")
     g.add_argument("--sinogram", action="store_true",
                    help="treat INPUT as sinograms (needed for .npy / NIfTI sinograms)")
@@ -102,6 +108,8 @@ def run(args) -> int:
             input_kind="sinogram" if args.sinogram or geometry is not None else "auto",
             geometry=geometry,
             simulation=simulation_settings(args),
+            save_samples=args.save_samples,
+            preview=not args.no_preview,
         )
         results = run_reconstruct(args.input, args.output, settings)
     except (InputError, ValueError, ImportError) as exc:

@@ -8,6 +8,7 @@ volume.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import warnings
@@ -61,12 +62,15 @@ def add_type2(ds, keywords) -> None:
             setattr(ds, kw, None)
 
 __all__ = [
+    "OutputWriteError",
     "atomic_write",
     "atomic_write_text",
+    "write_failed",
     "check_writable",
     "SliceStore",
     "DicomSeriesWriter",
     "write_nifti_volume",
+    "write_nifti_samples",
     "deterministic_uid",
     "plane_from_affine",
     "add_type2",
@@ -90,19 +94,66 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.partial")
 
 
+class OutputWriteError(OSError):
+    """Writing an output file failed (disk full, quota, I/O error); the message names the file.
+
+    ``errno`` is that of the underlying error (``errno.ENOSPC`` for a full disk, also when the
+    system reported only a short write); ``strerror`` (and ``str()``) the whole message;
+    ``filename`` the final file, of which nothing was left (the temporary file is removed).
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror or "")
+
+    @property
+    def disk_full(self) -> bool:
+        return self.errno in _DISK_FULL
+
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def write_failed(exc: OSError, path) -> OutputWriteError:
+    """The :class:`OutputWriteError` for ``exc`` raised while writing ``path``."""
+    if isinstance(exc, OutputWriteError):
+        return exc
+    # numpy/zlib report a full disk as a short write ("65536 requested and 6112 written")
+    short = exc.errno is None and "requested and" in str(exc) and "written" in str(exc)
+    code = errno.ENOSPC if short else exc.errno
+    if code in _DISK_FULL:
+        what = "the disk is full" if code == errno.ENOSPC else "the disk quota is exceeded"
+        msg = (f"{path}: cannot write: {what} ({exc.strerror or exc}); nothing partial was left. Free space "
+               "(or choose another output folder) and run the same command again to resume")
+    else:
+        msg = f"{path}: cannot write ({exc.strerror or exc}); nothing partial was left"
+    return OutputWriteError(code, msg, str(path))
+
+
 def atomic_write(path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path`` (same folder)."""
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path`` (same folder).
+
+    Raises
+    ------
+    OutputWriteError
+        When writing fails (e.g. a full disk): the message names ``path``; the temporary
+        file is removed, so nothing partial is left.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_failed(exc, path.parent) from exc
     tmp = _tmp_name(path)
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             tmp.unlink()
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise write_failed(exc, path) from exc
         raise
     return path
 
@@ -246,14 +297,58 @@ def write_nifti_volume(
     try:
         nib.save(img, str(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             tmp.unlink()
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise write_failed(exc, path) from exc
         raise
     return path
 
+
+
+def write_nifti_samples(path, samples_kzhw: np.ndarray, affine: np.ndarray, *, slice_positions=None) -> Path:
+    """Write ``K`` volumes ``(K, Z, H, W)`` (posterior samples) as one 4D NIfTI ``(W, H, Z, K)``, atomically.
+
+    Each volume is placed as :func:`write_nifti_volume` places one (``slice_positions``:
+    irregular stacks are resampled onto the regular grid), so volume ``k`` of the file lies
+    exactly on the 3D NIfTI of the same slices.
+    """
+    from .nifti import _nib
+    from .volume import regular_grid, resample_slices
+
+    nib = _nib()
+    path = Path(path)
+    affine = np.asarray(affine, dtype=np.float64)
+    arr = np.asarray(samples_kzhw, dtype=np.float32)
+    if arr.ndim != 4:
+        raise ValueError(f"{path}: samples must be (K, Z, H, W), got shape {arr.shape}")
+    if slice_positions is not None:
+        pos = np.asarray(slice_positions, dtype=np.float64).reshape(-1)
+        if len(pos) != arr.shape[1]:
+            raise ValueError(f"{path}: {len(pos)} slice positions for {arr.shape[1]} slices")
+        if not is_regular(pos):
+            affine, target = regular_grid(affine, pos, source=path)
+            arr = np.stack([resample_slices(a, pos, target) for a in arr])
+    img = nib.Nifti1Image(np.ascontiguousarray(arr.transpose(3, 2, 1, 0)), affine)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    tmp = path.with_name(f".{path.name[: -len('.nii.gz')]}.{os.getpid()}.partial.nii.gz")
+    try:
+        nib.save(img, str(tmp))
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise write_failed(exc, path) from exc
+        raise
+    return path
 
 class DicomSeriesWriter:
     """A derived CT DICOM series written one file per slice (``IM_00000.dcm``...).

@@ -16,7 +16,9 @@ module             what
 ``simulation``     noise models and :func:`simulate_sinogram`
 ``simulate``       the ``simulate`` workflow of one study
 ``reconstruct``    the ``reconstruct`` workflow of one study
-``store``          the resume store: settings claims, fingerprints, locks
+``store``          the resume store: settings claims, fingerprints, locks (one run per folder)
+``record``         what ``<method>.run.json`` keeps of a method's info (scalars, not images)
+``preview``        ``<method>_preview.jpg`` and the metrics against the ground truth
 ``distributed``    the split of the work over processes
 ``runner``         many studies, logging, the summary
 =================  ===========================================================================

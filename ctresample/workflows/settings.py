@@ -72,6 +72,8 @@ class ReconSettings:
     input_kind: str = "auto"  # auto | image | sinogram
     geometry: ParallelBeamGeometry | None = None  # for .npy / NIfTI sinograms
     simulation: SimulationSettings = field(default_factory=SimulationSettings)
+    save_samples: bool = False  # posterior samples as <method>_samples.nii.gz (K volumes); not in run.json
+    preview: bool = True  # <method>_preview.jpg next to the result
 
     def __post_init__(self):
         if int(self.batch_size) < 1:

@@ -19,13 +19,12 @@ import torch
 
 from operators import ParallelBeamGeometry
 
-from ..io import ImageVolume, read_image
+from ..io import ImageVolume, InputError, check_geometry, read_image
 from ..io.volume import grid_affine
 from ..io.writers import (
     DicomSeriesWriter,
     SliceStore,
     atomic_write_text,
-    check_writable,
     deterministic_uid,
     write_nifti_volume,
 )
@@ -34,16 +33,34 @@ from .distributed import dist_info, my_batches
 from .preprocess import clip_padding, resample_to_grid
 from .settings import SimulationSettings
 from .simulation import add_noise, simulate_sinogram
-from .store import PROCESS_START, claim_settings, fingerprint, try_lock
+from .store import PROCESS_START, RunLock, claim_settings, fingerprint, open_study_folder, try_lock
 from .studies import Study, StudyResult
 
-__all__ = ["SimulationPlan", "plan_simulation", "simulate_batch", "finalize_simulation", "simulate_study",
-           "simulation_id"]
+__all__ = ["SimulationPlan", "check_slices", "plan_simulation", "simulate_batch", "finalize_simulation",
+           "simulate_study", "simulation_id"]
+
+
+def check_slices(stack, formats, *, source=None):
+    """:func:`~ctresample.io.check_geometry` of a volume or sinogram stack, before anything is written.
+
+    Raises InputError for slices at one position or a singular affine, and, when NIfTI
+    output is requested, for separate stacks in one series (``nifti_error``: no NIfTI can
+    hold them; ``--format dicom`` writes DICOM only, at the true positions).
+    """
+    geo = check_geometry(stack, source=source)
+    if "nifti" in formats and geo.nifti_error:
+        raise InputError(f"{geo.nifti_error}. Use --format dicom to write DICOM only (each slice at its true "
+                         "position)", path=getattr(stack, "source", None))
+    return geo
 
 
 @dataclass
 class SimulationPlan:
-    """Everything needed to simulate any batch of one image study."""
+    """Everything needed to simulate any batch of one image study.
+
+    Made by :func:`plan_simulation` without touching the disk; :meth:`open` claims the
+    output folder (settings, writers, ``simulation.json``) once the input is known to be usable.
+    """
 
     volume: ImageVolume
     grid: np.ndarray  # (Z, size, size) HU
@@ -51,18 +68,73 @@ class SimulationPlan:
     affine: np.ndarray
     settings: SimulationSettings
     folder: Path
-    sino_writer: object
-    gt_writer: DicomSeriesWriter | None
-    gt_store: SliceStore
+    slice_positions: np.ndarray  # (Z,) mm along the normal: the source slices' true positions
+    record: dict  # the settings claimed in the folder
+    provenance: dict
+    sino_writer: object = None
+    gt_writer: DicomSeriesWriter | None = None
+    gt_store: SliceStore | None = None
+
+    def open(self) -> "SimulationPlan":
+        """Claim ``folder`` for these settings and create the writers (idempotent)."""
+        if self.sino_writer is not None:
+            return self
+        from ..io.sinogram import SinogramDicomWriter
+
+        sim, folder = self.settings, self.folder
+        claim_settings(folder / ".ctresample", self.record, "simulation")
+        tags = self.volume.metadata.get("dicom_tags", {})
+        key = fingerprint(self.record)
+        self.sino_writer = SinogramDicomWriter(
+            folder / "sinograms",
+            geometry=self.geometry,
+            volume_affine=self.affine,
+            n_slices=len(self.grid),
+            series_uid=deterministic_uid("sinograms", key),
+            tags=tags,
+            mu_water=sim.mu_water,
+            provenance=self.provenance,
+            description=f"sinograms {sim.views} views" + (f" {sim.noise}" if sim.noise else ""),
+            slice_positions=self.slice_positions,
+        )
+        if "dicom" in sim.formats:
+            p = self.geometry.pixel_size
+            self.gt_writer = DicomSeriesWriter(
+                folder / "ground_truth",
+                affine=self.affine,
+                shape=(sim.size, sim.size),
+                series_uid=deterministic_uid("ground_truth", key),
+                tags=tags,
+                description=f"ground truth {sim.size}px",
+                series_number=8001,
+                derivation=f"resampled to {sim.size}x{sim.size}, {p:.4g} mm pixels, HU clipped at -1024 (ctresample)",
+                slice_positions=self.slice_positions,
+            )
+        self.gt_store = SliceStore(folder / ".ctresample" / "ground_truth", len(self.grid))
+        meta = {
+            "layout": "ctresample-sinogram/1",
+            "geometry": self.geometry.to_dict(),
+            "mu_water": sim.mu_water,
+            "n_slices": len(self.grid),
+            "volume_affine": self.affine.tolist(),
+            "slice_positions_mm": [float(v) for v in self.slice_positions],
+            **self.provenance,
+        }
+        side = folder / "simulation.json"
+        if not side.exists():
+            atomic_write_text(side, json.dumps(meta, indent=1))
+        return self
 
     def done(self, k: int) -> bool:
+        self.open()
         if not self.sino_writer.has(k):
             return False
-        if (self.folder / "ground_truth.nii.gz").exists():
+        if (self.folder / "ground_truth.nii.gz").exists() or "nifti" not in self.settings.formats:
             return self.gt_writer is None or self.gt_writer.has(k)
         return self.gt_store.has(k) and (self.gt_writer is None or self.gt_writer.has(k))
 
     def complete(self) -> bool:
+        self.open()
         return (
             (self.folder / "ground_truth.nii.gz").exists() or "nifti" not in self.settings.formats
         ) and all(self.sino_writer.has(k) and (self.gt_writer is None or self.gt_writer.has(k))
@@ -70,21 +142,18 @@ class SimulationPlan:
 
 
 def plan_simulation(volume: ImageVolume, folder: Path, sim: SimulationSettings) -> SimulationPlan:
-    from ..io.sinogram import SinogramDicomWriter
-
+    """The simulation of ``volume`` into ``folder`` (nothing is written: see :meth:`SimulationPlan.open`)."""
     hu = clip_padding(volume.hu)
     grid, p = resample_to_grid(hu, volume.pixel_spacing, size=sim.size, fov_mm=sim.fov_mm)
     geometry = sim.geometry(p)
+    # the grid only changes the in-plane sampling: every slice keeps its position along the normal
     affine = grid_affine(volume.affine, volume.hu.shape[1:], volume.pixel_spacing, sim.size, p)
     source_id = {
-        "source": str(volume.source.resolve()),
+        "source": str(Path(volume.source).resolve()),
         "series_uid": volume.metadata.get("series_uid", ""),
         "shape": list(volume.hu.shape),
     }
-    settings = {"simulation": simulation_id(sim), "input": source_id}
-    claim_settings(folder / ".ctresample", settings, "simulation")
-    tags = volume.metadata.get("dicom_tags", {})
-    key = fingerprint(settings)
+    record = {"simulation": simulation_id(sim), "input": source_id}
     provenance = {
         "source": source_id,
         "noise": sim.noise,
@@ -93,54 +162,13 @@ def plan_simulation(volume: ImageVolume, folder: Path, sim: SimulationSettings) 
         "fov_mm": sim.fov_mm if sim.fov_mm is not None else p * sim.size,
         "clip_floor_hu": -1024,
     }
-    sino_writer = SinogramDicomWriter(
-        folder / "sinograms",
-        geometry=geometry,
-        volume_affine=affine,
-        n_slices=len(grid),
-        series_uid=deterministic_uid("sinograms", key),
-        tags=tags,
-        mu_water=sim.mu_water,
-        provenance=provenance,
-        description=f"sinograms {sim.views} views" + (f" {sim.noise}" if sim.noise else ""),
-    )
-    gt_writer = None
-    if "dicom" in sim.formats:
-        gt_writer = DicomSeriesWriter(
-            folder / "ground_truth",
-            affine=affine,
-            shape=(sim.size, sim.size),
-            series_uid=deterministic_uid("ground_truth", key),
-            tags=tags,
-            description=f"ground truth {sim.size}px",
-            series_number=8001,
-            derivation=f"resampled to {sim.size}x{sim.size}, {p:.4g} mm pixels, HU clipped at -1024 (ctresample)",
-        )
-    gt_store = SliceStore(folder / ".ctresample" / "ground_truth", len(grid))
-    plan = SimulationPlan(volume, grid, geometry, affine, sim, folder, sino_writer, gt_writer, gt_store)
-    meta = {
-        "layout": "ctresample-sinogram/1",
-        "geometry": geometry.to_dict(),
-        "mu_water": sim.mu_water,
-        "n_slices": len(grid),
-        "volume_affine": affine.tolist(),
-        "slice_positions_mm": [float(v) for v in np.asarray(_positions(affine, len(grid)))],
-        **provenance,
-    }
-    side = folder / "simulation.json"
-    if not side.exists():
-        atomic_write_text(side, json.dumps(meta, indent=1))
-    return plan
-
-
-def _positions(affine, n):
-    from ..io.volume import slice_positions_from_affine
-
-    return slice_positions_from_affine(affine, n)
+    positions = np.asarray(volume.slice_positions, dtype=np.float64)
+    return SimulationPlan(volume, grid, geometry, affine, sim, Path(folder), positions, record, provenance)
 
 
 def simulate_batch(plan: SimulationPlan, idx: list[int], device: str = "cpu") -> torch.Tensor:
     """Sinograms of slices ``idx`` as stored in the files (writes the files that are missing)."""
+    plan.open()
     sim = plan.settings
     x = torch.from_numpy(plan.grid[idx]).to(device)[:, None]
     clean = simulate_sinogram(x, plan.geometry, mu_water=sim.mu_water)
@@ -163,6 +191,8 @@ def simulate_batch(plan: SimulationPlan, idx: list[int], device: str = "cpu") ->
 
 
 def finalize_simulation(plan: SimulationPlan) -> list[str]:
+    """Once every slice is simulated: the ground-truth NIfTI (at most one process writes it); the outputs."""
+    plan.open()
     outputs = [str(plan.sino_writer.folder)]
     if plan.gt_writer is not None:
         outputs.append(str(plan.gt_writer.folder))
@@ -173,7 +203,8 @@ def finalize_simulation(plan: SimulationPlan) -> list[str]:
             if try_lock(lock, PROCESS_START):
                 try:
                     if not nii.exists():
-                        write_nifti_volume(nii, plan.gt_store.stack(), plan.affine)
+                        write_nifti_volume(nii, plan.gt_store.stack(), plan.affine,
+                                           slice_positions=plan.slice_positions)
                     plan.gt_store.remove()
                 finally:
                     lock.unlink(missing_ok=True)
@@ -186,18 +217,24 @@ def simulate_study(study: Study, sim: SimulationSettings, *, device: str = "cpu"
     """Simulate the sinograms (and ground truth) of one image study into ``study.out``."""
     t0 = time.perf_counter()
     rank, world = dist_info()
+    if study.kind == "error":
+        raise InputError(study.error, path=study.path)
+    # read and check the input before anything is created under OUT
     volume = read_image(study.path, series=study.series, strict=strict)
-    check_writable(study.out)
+    check_slices(volume, sim.formats)
     plan = plan_simulation(volume, study.out, sim)
+    open_study_folder(study.out)
     written: list[int] = []
-    todo = [b for b in my_batches(len(plan.grid), sim.batch_size, rank, world) if not all(plan.done(k) for k in b)]
-    with progress(sum(len(b) for b in todo), f"simulate {study.name}", disable=quiet or rank != 0) as bar:
-        for idx in todo:
-            before = {k for k in idx if plan.sino_writer.has(k)}
-            simulate_batch(plan, idx, device)
-            written.extend(k for k in idx if k not in before)
-            bar.update(len(idx))
-    outputs = finalize_simulation(plan)
+    with RunLock(study.out / ".ctresample", "simulation", rank, world, study.out):
+        plan.open()
+        todo = [b for b in my_batches(len(plan.grid), sim.batch_size, rank, world) if not all(plan.done(k) for k in b)]
+        with progress(sum(len(b) for b in todo), f"simulate {study.name}", disable=quiet or rank != 0) as bar:
+            for idx in todo:
+                before = {k for k in idx if plan.sino_writer.has(k)}
+                simulate_batch(plan, idx, device)
+                written.extend(k for k in idx if k not in before)
+                bar.update(len(idx))
+        outputs = finalize_simulation(plan)
     status = "ok" if todo else "skipped"
     return StudyResult(study.name, status, len(written), time.perf_counter() - t0, written=written, outputs=outputs)
 

@@ -159,8 +159,8 @@ def test_folder_of_studies_with_failures(make_dicom_series, tmp_path, capsys):
     assert rc == 1
     summary = json.loads((out / "summary.json").read_text())
     status = {r["study"]: r["status"] for r in summary["studies"]}
-    assert status == {"alpha": "ok", "beta": "ok", "broken": "failed", "empty": "failed", "mixed/1.2.3.1": "ok",
-                      "mixed/1.2.3.2": "ok"}
+    assert status == {"alpha": "ok", "beta": "ok", "broken": "failed", "empty": "ignored", "mixed/1.2.3.1": "ok",
+                      "mixed/1.2.3.2": "ok"}  # an empty sub-folder is not a failure, but it is reported
     errors = {r["study"]: r["error"] for r in summary["studies"]}
     assert str(root / "empty") in errors["empty"] and str(bad) in errors["broken"]
     for rel in ("alpha/fbp.nii.gz", "beta/fbp.nii.gz", "mixed/1.2.3.1/fbp.nii.gz", "mixed/1.2.3.2/fbp.nii.gz"):
@@ -168,7 +168,8 @@ def test_folder_of_studies_with_failures(make_dicom_series, tmp_path, capsys):
     assert not (out / "alpha" / "fbp_dicom").exists()
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert [r["study"] for r in rows] == [r["study"] for r in summary["studies"]]
-    assert set(rows[0]) == {"study", "status", "slices", "time", "error"}
+    assert set(rows[0]) == {"study", "status", "slices", "time", "psnr", "ssim", "error"}
+    assert not (out / "empty").exists() and not (out / "broken").exists()  # nothing for studies that fail to read
     # --series picks one series of the mixed folder
     rc = main(["reconstruct", str(root / "mixed"), str(tmp_path / "one"), "--series", "1.2.3.2", "--views", "9",
                "--size", "16", "--quiet"])
