@@ -95,14 +95,14 @@ class ResampleConfig:
     start_fraction: float = 0.3  # no consistency before this fraction of the steps
     end_fraction: float = 1.0  # nor after this one
     latent_fraction: float = 1.0  # consistency steps after this fraction use latent optimisation
-    pixel_solver: str = "sirt"  # "sirt" (SIRT above -1024 HU), "tv" (TV least squares), "cg" or "adamw" (the authors')
+    pixel_solver: str = "tv"  # "sirt" (SIRT above -1024 HU), "tv" (TV least squares), "cg" or "adamw" (the authors')
     cg_lambda: float = 0.0  # proximal weight to D(z0_hat), relative to ||A||^2
     cg_max_iter: int = 10  # CG iteration cap per consistency step
     sirt_iterations: int = 200  # SIRT iterations per consistency step (pixel_solver: sirt)
-    tv_lambda: float = 3e-4  # TV weight of the TV solves (pixel_solver / warm_start: tv), as TVConfig.lam
-    tv_lambda_per_sigma: float = 0.13  # added per unit of estimated sinogram noise std, as TVConfig.lam_per_sigma
+    tv_lambda: float = 2.1e-4  # TV weight of the TV solves (pixel_solver / warm_start: tv), as TVConfig.lam
+    tv_lambda_per_sigma: float = 0.025  # added per unit of estimated sinogram noise std, as TVConfig.lam_per_sigma
     tv_iterations: int = 100  # primal-dual iterations per consistency step (pixel_solver: tv)
-    tv_final_iterations: int | None = None  # iterations of the final solve (None: tv_iterations)
+    tv_final_iterations: int | None = 300  # iterations of the final solve (None: tv_iterations)
     warm_start_tv_iterations: int = 300  # primal-dual iterations of the TV warm-start image (warm_start: tv)
     noise_sigma: float | str | None = "auto"  # per-ray noise std for the discrepancy rule; "auto" estimates, None off
     discrepancy_tau: float = 1.0  # stop inner solves when ||y-Ax||^2 <= tau*m*sigma^2
@@ -115,11 +115,11 @@ class ResampleConfig:
     latent_patience: int = 200  # latent stop: no improvement for this many iterations
     weight_decay: float = 0.01  # AdamW weight decay (torch default, as the authors)
     final_consistency: str = "pixel"  # after D(z_0): "none", "pixel" (the pixel solver near D(z_0)) or "latent"
-    warm_start: str = "sirt"  # "none" (z_T ~ N(0, I), the paper) or "sirt"/"fbp": noise E(x_init) to the first step
+    warm_start: str = "tv"  # "none" (z_T ~ N(0, I), the paper) or "sirt"/"fbp": noise E(x_init) to the first step
     warm_start_fraction: float = 0.875  # share of the DDIM steps skipped by the warm start (saves NFE)
     warm_start_iterations: int = 50  # SIRT iterations of the warm-start image
     clip_output: bool = True  # clip the output to the HU window [-1024, 3071]
-    n_samples: int = 2  # posterior samples per slice (mean + std map when > 1)
+    n_samples: int = 1  # posterior samples per slice (mean + std map when > 1)
     mu_water: float = MU_WATER  # 1/mm, must match the value used to make the sinogram
 
 

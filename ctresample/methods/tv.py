@@ -23,8 +23,8 @@ __all__ = ["TVConfig", "reconstruct_tv"]
 
 @dataclass(frozen=True)
 class TVConfig:
-    lam: float = 3e-4  # TV weight on clean data: larger = flatter regions, lost fine detail; smaller = streaks
-    lam_per_sigma: float = 0.13  # added per unit of estimated sinogram noise std (noisier data -> stronger TV)
+    lam: float = 2.1e-4  # TV weight on clean data: larger = flatter regions, lost fine detail; smaller = streaks
+    lam_per_sigma: float = 0.025  # added per unit of estimated sinogram noise std (noisier data -> stronger TV)
     n_iterations: int = 500  # primal-dual iteration cap
     tol: float = 1e-5  # per-slice stop on the relative change of the image (0: run all iterations)
     nonnegative: bool = True  # mu >= 0 (air at -1000 HU); False: unconstrained

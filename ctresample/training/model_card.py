@@ -276,10 +276,16 @@ a small, short-trained research model, not for diagnosis.
 ## Data and split (by subject, `configs/data_split.yaml`)
 - test (never trained on or tuned with): `totalsegmentator/example_ct_dicom` (upper abdomen, 20 slices; the
   bundled `data/sample_ct` holds 4 of them).
-- validation (checkpoint monitoring only): `dcm-qa-ct-ge-head` (head, 28 slices).
-- train: LIDC-IDRI-0001 (chest), TotalSegmentator `example_ct` (abdomen/pelvis) and `aorta_report`
-  (chest CTA), InVesalius cranium (head), Lung-PET-CT-Dx A0001 and A0002 (chest), and 9
-  COVID-19-NY-SBU subjects (2 single slices each).
+- validation (tuning and monitoring only): `dcm-qa-ct-ge-head` (head, 28 slices), LungFCP-01-0006 and
+  COVID-19-NY-SBU A056396 (chest, 5 + 4), KiTS-00072 (abdomen, 6): 43 slices.
+- train: 78 subjects, 807 slices. First collection: LIDC-IDRI-0001 (chest), TotalSegmentator `example_ct`
+  (abdomen/pelvis) and `aorta_report` (chest CTA), InVesalius cranium (head), Lung-PET-CT-Dx A0001 and A0002
+  (chest), 9 COVID-19-NY-SBU subjects (2 single slices each). Second collection (`SOURCES-2.md`): 52
+  TCGA-LUAD/LUSC patients (one slice each), Pancreas-CT-CB_001, LIDC-IDRI-0314, CMB-CRC-MSB-01068, two
+  ACRIN-FLT-Breast subjects, LungFCP-01-0001, C3L-00189, C3N-01192 (head) and 4 single-slice subjects.
+  Left out: vtk-fullhead (approximate HU) and two TCGA slices stored rotated by 90 degrees. The UNet
+  continuation draws slices with weight `n_subject ** -0.5` (`balance_subjects: 0.5`), so the 164-slice
+  aorta CTA no longer dominates.
 - Preprocessing: `ctresample.io.read_image` -> `clip_padding` (outside-FOV padding to -1024 HU) ->
   `resample_to_grid(size=256)` (square FOV = the longer side of the scan) -> clip to the window;
   near-empty slices (< 5 % of pixels above -900 HU) dropped.

@@ -196,8 +196,10 @@ def test_default_config_runs(tiny_prior, tiny_problem):
     geom, hu, y = tiny_problem
     out = ctresample.reconstruct(y, geom, method="resample", generator=_gen(0), prior=tiny_prior)
     assert out.info["nfe_per_sample"] == 25 and len(out.info["consistency_steps"]) == 25
-    assert out.info["n_samples"] == 2 and out.info["nfe"] == 50  # two samples, averaged
-    assert out.std is not None and out.std.shape == out.image.shape
+    assert out.info["n_samples"] == 1 and out.info["nfe"] == 25  # one sample (TV consistency: samples agree)
+    assert out.std is None
+    # TV consistency: 100 iterations at each of the 25 steps, 300 in the final solve
+    assert out.info["inner_iterations"] == [25 * 100 + 300] * y.shape[0]
 
 
 def test_warm_start_skips_steps(tiny_prior, tiny_problem):
