@@ -109,3 +109,23 @@ def test_missing_path_error_names_it(tmp_path):
 
 def test_default_path_is_package_data():
     assert DEFAULT_PRETRAINED.parts[-3:] == ("ctresample", "pretrained", "ldm-ct-256")
+
+
+def test_channels_last_is_opt_in_and_close():
+    """``use_channels_last``: same shapes, values to rounding; the default layout is restored by ``False``."""
+    p = LatentDiffusionPrior.tiny(seed=3)
+    g = torch.Generator().manual_seed(0)
+    hu = torch.rand((2, 1, 32, 32), generator=g) * 2000 - 1000
+    z = torch.randn((2, *p.latent_shape), generator=g)
+    with torch.no_grad():
+        ref = (p.encode(hu), p.decode(z), p.predict_eps(z, 300))
+        assert p.memory_format == torch.contiguous_format
+        p.use_channels_last()
+        fast = (p.encode(hu), p.decode(z), p.predict_eps(z, 300))
+        assert p.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        p.use_channels_last(False)
+        again = (p.encode(hu), p.decode(z), p.predict_eps(z, 300))
+    for a, b, c in zip(ref, fast, again, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-3 * float(a.abs().max()))
+        assert torch.equal(c, a)
