@@ -83,7 +83,9 @@ def read_nifti(path) -> ImageVolume:
 def nifti_image(hu_zhw: np.ndarray, affine: np.ndarray, *, dtype=np.float32):
     """A nibabel image of a ``(Z, H, W)`` array with a RAS ``(col, row, slice)`` affine."""
     nib = _nib()
-    img = nib.Nifti1Image(np.ascontiguousarray(np.asarray(hu_zhw).transpose(2, 1, 0), dtype=dtype), affine)
+    # a view, not a copy: (Z, H, W) C order is (W, H, Z) Fortran order, the order NIfTI stores, so
+    # nibabel writes it as it is and a large volume is not held twice while it is saved
+    img = nib.Nifti1Image(np.asarray(hu_zhw, dtype=dtype).transpose(2, 1, 0), affine)
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)

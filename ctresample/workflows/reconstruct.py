@@ -474,7 +474,9 @@ def _finalize(files: ReconOutputs, settings: ReconSettings, fp: dict, study_name
             atomic_write_text(run_json, json.dumps(run, indent=1, default=json_default))
             if "nifti" in formats and not nii.exists():
                 # the NIfTI last: its presence means the study is complete
-                write_nifti_volume(nii, files.store.stack(), src.affine, slice_positions=pos)
+                # the image read above is the store's stack: write it, not a second copy of the volume
+                volume = image if image is not None and files.store.complete() else files.store.stack()
+                write_nifti_volume(nii, volume, src.affine, slice_positions=pos)
             files.remove_parts()
         finally:
             (partial / "finalize.lock").unlink(missing_ok=True)

@@ -62,7 +62,7 @@ class SimulationPlan:
     output folder (settings, writers, ``simulation.json``) once the input is known to be usable.
     """
 
-    volume: ImageVolume
+    metadata: dict  # the input volume's (ImageVolume.metadata); its pixels are not kept, the grid is
     grid: np.ndarray  # (Z, size, size) HU
     geometry: ParallelBeamGeometry
     affine: np.ndarray
@@ -83,7 +83,7 @@ class SimulationPlan:
 
         sim, folder = self.settings, self.folder
         claim_settings(folder / ".ctresample", self.record, "simulation")
-        tags = self.volume.metadata.get("dicom_tags", {})
+        tags = self.metadata.get("dicom_tags", {})
         key = fingerprint(self.record)
         self.sino_writer = SinogramDicomWriter(
             folder / "sinograms",
@@ -163,7 +163,9 @@ def plan_simulation(volume: ImageVolume, folder: Path, sim: SimulationSettings) 
         "clip_floor_hu": -1024,
     }
     positions = np.asarray(volume.slice_positions, dtype=np.float64)
-    return SimulationPlan(volume, grid, geometry, affine, sim, Path(folder), positions, record, provenance)
+    # not the volume itself: its pixels (the input resolution, often 512 x 512) would stay in memory beside the grid
+    return SimulationPlan(dict(volume.metadata), grid, geometry, affine, sim, Path(folder), positions, record,
+                          provenance)
 
 
 def simulate_batch(plan: SimulationPlan, idx: list[int], device: str = "cpu") -> torch.Tensor:
@@ -223,6 +225,7 @@ def simulate_study(study: Study, sim: SimulationSettings, *, device: str = "cpu"
     volume = read_image(study.path, series=study.series, strict=strict)
     check_slices(volume, sim.formats)
     plan = plan_simulation(volume, study.out, sim)
+    del volume  # the plan holds the grid; the input's pixels are not needed again
     open_study_folder(study.out)
     written: list[int] = []
     with RunLock(study.out / ".ctresample", "simulation", rank, world, study.out):
