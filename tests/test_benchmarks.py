@@ -19,3 +19,86 @@ def test_pipeline_benchmark_quick(capsys):
     cells = [r.split("|")[2].strip() + ":" + r.split("|")[3].strip() for r in rows]
     assert cells == ["fbp:1", "fbp:2", "cgls:1", "cgls:2"]
     assert rows[0].split("|")[6].strip() == "1.000"  # batch 1 against itself
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO_ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_resample_cost_quick_accounts_for_the_wall_time(capsys):
+    """The breakdown's categories and "other" add up to the wall time; UNet calls = NFE; ratio > 1."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("pydicom")
+    bench = _load("resample_cost")
+    import json
+
+    out = REPO_ROOT / ".pytest_resample_cost.json"
+    try:
+        assert bench.main(["--quick", "--batch-sizes", "2", "--threads", "1", "--json", str(out)]) == 0
+        row = json.loads(out.read_text())["rows"][0]
+    finally:
+        out.unlink(missing_ok=True)
+    parts = sum(row[f"{c}_s"] for c in (*bench.CATEGORIES, "other"))
+    assert abs(parts - row["wall"]) < 1e-6
+    assert min(row[f"{c}_s"] for c in bench.CATEGORIES) > 0
+    assert row["unet_calls"] * row["n_samples"] == row["nfe"] and row["ratio"] > 1
+    assert "| resample | 2 |" in capsys.readouterr().out
+
+
+def test_profile_hooks_do_not_change_results(tiny_prior):
+    """Wrapped prior, projector and solvers: the same image bit for bit, and the originals restored."""
+    pytest.importorskip("diffusers")
+    import torch
+
+    import ctresample
+    from ctresample.evaluation import parse_methods
+    from ctresample.workflows.simulation import simulate_sinogram
+    from operators import ParallelBeamGeometry
+
+    bench = _load("resample_cost")
+    geom = ParallelBeamGeometry(image_size=32, pixel_size=8.0, n_views=12)
+    hu = torch.full((2, 1, 32, 32), -1024.0)
+    hu[:, :, 8:24, 8:24] = 40.0
+    sino = simulate_sinogram(hu, geom)
+    kw = dict(bench.QUICK_OVERRIDES)
+    ref = ctresample.reconstruct(sino, geom, "resample", generator=torch.Generator().manual_seed(0), prior=tiny_prior,
+                                 **kw).image
+    row = bench.profile_method(parse_methods("resample")[0], tiny_prior, geom, sino, 2, "cpu", overrides=kw)
+    assert torch.equal(row["image"], ref)
+    assert "predict_eps" not in vars(tiny_prior) and "decode" not in vars(tiny_prior)
+    again = ctresample.reconstruct(sino, geom, "resample", generator=torch.Generator().manual_seed(0),
+                                   prior=tiny_prior, **kw).image
+    assert torch.equal(again, ref)
+
+
+def test_device_check_dry_run_on_cpu(tmp_path):
+    """``device_check.py --device cpu --quick``: every stage runs and the projector check passes."""
+    pytest.importorskip("diffusers")
+    import json
+
+    bench = _load("device_check")
+    out = tmp_path / "device_check.json"
+    assert bench.main(["--device", "cpu", "--quick", "--out", str(out), "--repeat", "1"]) == 0
+    d = json.loads(out.read_text())
+    assert d["errors"] == {} and d["projector_pass"] is True
+    assert set(d["stages"]) == {"projector", "projector_time", "tv", "resample", "resample_channels_last"}
+    for dt in ("float32", "bfloat16"):
+        assert d["stages"]["projector"][dt]["pass"]
+    assert d["stages"]["resample"]["plain"]["batch2"]["s_per_slice"] > 0
+    assert d["stages"]["resample"]["profile"]["batch2"]["ratio"] > 1
+    assert d["stages"]["tv"]["batch1"]["s_per_slice"] > 0
+
+
+@pytest.mark.slow
+def test_study_size_benchmark_runs(tmp_path, capsys):
+    """``study_size.py`` on two tiny DICOM studies: a table row per count, peak RSS read from the child."""
+    pytest.importorskip("pydicom")
+    pytest.importorskip("nibabel")
+    bench = _load("study_size")
+    assert bench.main(["--methods", "fbp", "--slices", "2,4", "--size", "16", "--workdir", str(tmp_path)]) == 0
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| fbp |")]
+    assert [r.split("|")[3].strip() for r in rows] == ["2", "4"]
+    assert all(float(r.split("|")[8]) > 50 for r in rows)  # MiB: a python with torch

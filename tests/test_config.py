@@ -53,3 +53,14 @@ def test_public_api():
     assert set(ctresample.__all__) <= set(dir(ctresample))
     with pytest.raises(AttributeError):
         ctresample.no_such_name  # noqa: B018
+
+
+def test_resample_fast_preset_differs_from_the_default_only_in_its_cost_keys():
+    """``resample_fast`` lists only what it changes; everything else follows the default."""
+    import dataclasses
+
+    from ctresample.methods.resample import ResampleConfig
+
+    fast, default = load_config(ResampleConfig, "resample_fast"), load_config(ResampleConfig, "resample")
+    changed = {f.name for f in dataclasses.fields(ResampleConfig) if getattr(fast, f.name) != getattr(default, f.name)}
+    assert changed == {"skip_interval", "tv_iterations", "tv_final_iterations", "warm_start_tv_iterations"}

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The GPU check of issue 14, for a fresh GPU machine handed only this repository; about 8 minutes at most.
+#
+#   OUT=/some/folder bash benchmarks/device_check.sh        # writes $OUT/device_check.json (+ logs)
+#   DEVICE=cpu QUICK=1 OUT=/tmp/dc bash benchmarks/device_check.sh   # dry run on a CPU (no gpu tests)
+#
+# 1. Python: $PYTHON if set, else the first of python3/python whose torch sees CUDA; if none
+#    does, a venv in /tmp with `pip install torch` (needs the network).
+# 2. The package into /tmp/ctr-site (beside that Python's own packages): the missing requirements
+#    (diffusers, pydicom, nibabel, pylibjpeg...) from wheels carried in .whl/ when that folder
+#    exists (offline machines; see WHEELS below), else from PyPI; then this repository, built
+#    without dependencies or network (setuptools), so presets and the shipped prior resolve.
+# 3. pytest -m gpu (the CUDA projector tests), at most 150 s.
+# 4. benchmarks/device_check.py: CUDA vs CPU projector (values, adjoint; float32 and bfloat16),
+#    projector/TV/ReSample seconds per slice at batch 1/8/32 with a profile of where ReSample's
+#    time goes; its JSON is rewritten after every stage, so a timeout keeps what was measured.
+#
+# Every step has its own time limit and the total stays under 8 minutes. Exit status: 0 when
+# the tests and the projector check pass; the JSON says what else was measured.
+#
+# WHEELS, for a machine without network (here, where pip works; Python 3.12 x86-64 target):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl diffusers==0.42.1 pydicom==3.0.2 nibabel==5.4.2 pylibjpeg==2.1.0 pylibjpeg-openjpeg==2.6.0 \
+#     importlib_metadata zipp
+#   and carry .whl/ with the repository (about 10 MiB).
+set -u -o pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${OUT:-$REPO/device-check-out}"
+DEVICE="${DEVICE:-cuda}"
+QUICK="${QUICK:-0}"
+mkdir -p "$OUT"
+LOG="$OUT/device_check.log"
+: >"$LOG"
+T0=$(date +%s)
+say() { echo "[device_check $(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG" >&2; }
+left() { echo $(( 470 - ($(date +%s) - T0) )); }  # seconds left of the 8 minutes, less a margin
+cd "$REPO" || exit 2
+
+# ---------------------------------------------------------------- 1. a Python with torch (CUDA)
+want_cuda=1; [ "$DEVICE" = "cpu" ] && want_cuda=0
+PY=""
+for cand in ${PYTHON:-} python3 python; do
+  command -v "$cand" >/dev/null 2>&1 || continue
+  if [ $want_cuda = 1 ]; then
+    timeout 60 "$cand" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" >>"$LOG" 2>&1 && { PY="$cand"; break; }
+  else
+    timeout 60 "$cand" -c "import torch" >>"$LOG" 2>&1 && { PY="$cand"; break; }
+  fi
+done
+if [ -z "$PY" ]; then
+  say "no python with a CUDA torch: pip install torch into /tmp/ctr-torch (needs the network)"
+  base=$(command -v python3 || command -v python)
+  "$base" -m venv /tmp/ctr-torch >>"$LOG" 2>&1 && timeout 200 /tmp/ctr-torch/bin/pip install -q torch >>"$LOG" 2>&1 \
+    && PY=/tmp/ctr-torch/bin/python
+  if [ -z "$PY" ] || ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() or $want_cuda == 0 else 1)"; then
+    say "FAILED: no torch with CUDA could be found or installed"
+    echo '{"check": "issue 14 device check", "error": "no torch with CUDA"}' >"$OUT/device_check.json"
+    exit 2
+  fi
+fi
+say "python: $PY ($("$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available())'))"
+
+# ---------------------------------------------------------------- 2. the package, beside that Python's own
+# Not a venv: on the GPU image python3 is itself a venv, whose packages a child venv would not see.
+SITE=/tmp/ctr-site
+mkdir -p "$SITE"
+missing=$("$PY" - <<'EOF'
+import importlib.util
+need = {"diffusers": "diffusers", "pydicom": "pydicom", "nibabel": "nibabel", "yaml": "pyyaml", "tqdm": "tqdm",
+        "pylibjpeg": "pylibjpeg", "openjpeg": "pylibjpeg-openjpeg", "safetensors": "safetensors",
+        "skimage": "scikit-image", "pytest": "pytest"}
+print(" ".join(pkg for mod, pkg in need.items() if importlib.util.find_spec(mod) is None))
+EOF
+)
+if [ -n "$missing" ]; then
+  if [ -d "$REPO/.whl" ]; then
+    say "missing: $missing; installing the wheels carried in .whl/"
+    timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$REPO"/.whl/*.whl \
+      >>"$LOG" 2>&1 || say "some carried wheels did not install (see the log)"
+  else
+    say "missing: $missing; trying PyPI (fails without network: the stages that need them then fail, recorded)"
+    timeout 150 "$PY" -m pip install -q --target "$SITE" $missing >>"$LOG" 2>&1 || say "pip install failed (offline?)"
+  fi
+fi
+# the repository itself, built by setuptools without network (presets and the shipped prior as package data)
+if timeout 120 "$PY" -m pip install -q --no-deps --no-build-isolation --no-index --target "$SITE/pkg" "$REPO" \
+     >>"$LOG" 2>&1; then
+  export PYTHONPATH="$SITE/pkg:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+else
+  say "install failed: running from the source tree (PYTHONPATH)"
+  export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONUNBUFFERED=1
+VPY="$PY"
+
+# ---------------------------------------------------------------- 3. the gpu-marked tests
+tests_rc=0
+if [ $want_cuda = 1 ]; then
+  say "pytest -m gpu"
+  timeout 150 "$VPY" -m pytest -q -m gpu tests -p no:cacheprovider >"$OUT/pytest_gpu.txt" 2>&1; tests_rc=$?
+  tail -n 3 "$OUT/pytest_gpu.txt" | tee -a "$LOG" >&2
+else
+  echo "skipped: DEVICE=cpu" >"$OUT/pytest_gpu.txt"
+fi
+
+# ---------------------------------------------------------------- 4. projector check and timings
+budget=$(( $(left) - 40 ))
+[ $budget -lt 30 ] && budget=30
+extra=(); [ "$QUICK" = "1" ] && extra=(--quick)
+say "benchmarks/device_check.py --device $DEVICE (stage budget ${budget}s)"
+timeout $(( budget + 60 )) "$VPY" benchmarks/device_check.py --device "$DEVICE" --out "$OUT/device_check.json" \
+  --budget-s "$budget" "${extra[@]}" 2>>"$LOG"
+check_rc=$?
+"$VPY" - "$OUT/device_check.json" "$tests_rc" <<'EOF' >>"$LOG" 2>&1
+import json, sys
+path, rc = sys.argv[1], int(sys.argv[2])
+try:
+    d = json.load(open(path))
+except (OSError, ValueError):
+    d = {"error": "device_check.py wrote no JSON"}
+tail = open(path.replace("device_check.json", "pytest_gpu.txt")).read().strip().splitlines()[-1:]
+d["gpu_tests"] = {"exit_status": rc, "summary": tail[0] if tail else ""}
+json.dump(d, open(path, "w"), indent=1)
+EOF
+say "done: tests exit $tests_rc, check exit $check_rc; figures in $OUT/device_check.json"
+[ $tests_rc -eq 0 ] && [ $check_rc -eq 0 ]
