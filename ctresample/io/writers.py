@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -82,7 +83,8 @@ def check_writable(folder) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test.{os.getpid()}"
+        # process and thread in the name: two runs in one process must not remove each other's probe
+        probe = folder / f".write-test.{os.getpid()}.{threading.get_ident()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
@@ -293,6 +295,15 @@ def write_nifti_volume(
     img = nifti_image(hu_zhw, affine, dtype=dtype)
     # nibabel picks compression from the suffix, so keep ".nii.gz" on the temporary name
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    return _save_atomic(nib, img, path, suffix)
+
+
+
+def _save_atomic(nib, img, path: Path, suffix: str) -> Path:
+    """``nib.save`` under a temporary name (same ``suffix``: nibabel picks compression from it), then rename.
+
+    Nothing partial is left on failure; an ``OSError`` becomes :func:`write_failed` naming ``path``.
+    """
     tmp = path.with_name(f".{path.name[: -len(suffix)]}.{os.getpid()}.partial{suffix}")
     try:
         nib.save(img, str(tmp))
@@ -306,7 +317,6 @@ def write_nifti_volume(
             raise write_failed(exc, path) from exc
         raise
     return path
-
 
 
 def write_nifti_samples(path, samples_kzhw: np.ndarray, affine: np.ndarray, *, slice_positions=None) -> Path:
@@ -336,19 +346,7 @@ def write_nifti_samples(path, samples_kzhw: np.ndarray, affine: np.ndarray, *, s
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    tmp = path.with_name(f".{path.name[: -len('.nii.gz')]}.{os.getpid()}.partial.nii.gz")
-    try:
-        nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise write_failed(exc, path) from exc
-        raise
-    return path
+    return _save_atomic(nib, img, path, ".nii.gz")
 
 class DicomSeriesWriter:
     """A derived CT DICOM series written one file per slice (``IM_00000.dcm``...).

@@ -246,6 +246,7 @@ class _Consistency:
 
         self.pixel_threshold = eps_rule(cfg.pixel_eps)
         self.latent_threshold = eps_rule(cfg.latent_eps)
+        self.tv_lam = None  # per-slice TV weight (pixel_solver: tv), set on first use
         self.decoder_calls = 0
         self.encoder_calls = 0
         self.inner = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
@@ -286,8 +287,9 @@ class _Consistency:
         rule) instead of fitting the data alone, for a fixed number of iterations from ``x_hat``.
         """
         floor = float(self.mu(torch.tensor(HU_MIN, dtype=torch.float64)))
-        lam = tv_lambda_rule(self.y, self.cfg.tv_lambda, self.cfg.tv_lambda_per_sigma)
-        res = tv_least_squares(self.A, self.y, lam, mu_water=self.cfg.mu_water,
+        if self.tv_lam is None:  # the sinogram's noise estimate, once per batch
+            self.tv_lam = tv_lambda_rule(self.y, self.cfg.tv_lambda, self.cfg.tv_lambda_per_sigma)
+        res = tv_least_squares(self.A, self.y, self.tv_lam, mu_water=self.cfg.mu_water,
                                n_iterations=iterations or self.cfg.tv_iterations, tol=0.0, lower=floor,
                                x0=self.mu(x_hat_hu.to(self.y.dtype)).clamp_min(floor))
         self.inner += res.iterations

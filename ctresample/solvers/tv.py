@@ -110,11 +110,15 @@ def _norm_scale(A, mu_water: float, dtype, device) -> float:
 
 
 def tv_objective(A, y: torch.Tensor, x: torch.Tensor, lam, *, mu_water: float, z_weight: float = 0.0,
-                 scale: float | None = None) -> torch.Tensor:
-    """The objective of the module docstring per slice ``(B,)`` (the bound is not checked)."""
+                 scale: float | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """The objective of the module docstring per slice ``(B,)`` (the bound is not checked).
+
+    ``residual``: ``A x - y`` when the caller has it already (saves a projection).
+    """
     s = scale if scale is not None else _norm_scale(A, mu_water, y.dtype, y.device)
     lam = torch.as_tensor(lam, dtype=y.dtype, device=y.device).expand(y.shape[0])
-    data = 0.5 * (A(x) - y).flatten(1).pow(2).sum(dim=1) / s**2
+    r = A(x) - y if residual is None else residual
+    data = 0.5 * r.flatten(1).pow(2).sum(dim=1) / s**2
     return data + lam * tv_norm(x / mu_water, z_weight)
 
 
@@ -231,6 +235,7 @@ def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: 
             if not active.any():
                 break
     x = u * mu_water
-    obj = tv_objective(A, y, x, lam, mu_water=mu_water, z_weight=zw, scale=s)
-    res = (A(x) - y).flatten(1).norm(dim=1) / y.flatten(1).norm(dim=1).clamp_min(1e-12)
+    r = A(x) - y
+    obj = tv_objective(A, y, x, lam, mu_water=mu_water, z_weight=zw, scale=s, residual=r)
+    res = r.flatten(1).norm(dim=1) / y.flatten(1).norm(dim=1).clamp_min(1e-12)
     return TVResult(x=x, iterations=iterations, objective=obj, data_residual=res, history=history)
