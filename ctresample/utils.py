@@ -8,7 +8,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["derive_seed", "json_default", "progress", "PlainProgress"]
+__all__ = ["derive_seed", "json_default", "progress", "PlainProgress", "watch_interrupts", "interrupted"]
+
+_INTERRUPTED = [False]
+
+
+def watch_interrupts() -> None:
+    """Remember every Ctrl-C (SIGINT) of this process, then raise ``KeyboardInterrupt`` as Python does.
+
+    Some libraries swallow the ``KeyboardInterrupt`` of a Ctrl-C that lands inside their
+    imports or C extensions (numpy's lazy submodule imports, torch's start-up) and fail with
+    another error instead; :func:`interrupted` still says the user asked to stop, so a
+    workflow can stop instead of reporting that error. Main thread only (a no-op elsewhere).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        _INTERRUPTED[0] = True
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def interrupted() -> bool:
+    """Whether a Ctrl-C reached this process since :func:`watch_interrupts`."""
+    return _INTERRUPTED[0]
 
 
 def derive_seed(seed: int, index: int) -> int:

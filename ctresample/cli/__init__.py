@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a sub-command; Ctrl-C at any point (start-up included) is one line on stderr and exit status 130."""
+    from ..utils import watch_interrupts
+
     try:
+        watch_interrupts()
         parser = build_parser()
         args = parser.parse_args(argv)
         if not getattr(args, "_run", None):
@@ -46,9 +49,18 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted (Ctrl-C): finished slices are kept; run the same command again to resume",
-              file=sys.stderr)
-        return 130
+        return _interrupted_exit()
+    except Exception:
+        from ..utils import interrupted
+
+        if interrupted():  # a Ctrl-C that an import (numpy, torch start-up) turned into another error
+            return _interrupted_exit()
+        raise
+
+
+def _interrupted_exit() -> int:
+    print("interrupted (Ctrl-C): finished slices are kept; run the same command again to resume", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

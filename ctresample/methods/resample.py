@@ -103,6 +103,11 @@ class ResampleConfig:
     tv_lambda_per_sigma: float = 0.025  # added per unit of estimated sinogram noise std, as TVConfig.lam_per_sigma
     tv_iterations: int = 100  # primal-dual iterations per consistency step (pixel_solver: tv)
     tv_final_iterations: int | None = 300  # iterations of the final solve (None: tv_iterations)
+    tv_final_lambda: float | None = 1.05e-4  # constant part of the final TV solve's weight (None: tv_lambda)
+    anchor_weight: float = 0.0  # quadratic pull of each step's TV solve towards D(z0_hat), relative to the data term,
+    anchor_weight_per_sigma: float = 0.35  # plus this per unit of estimated sinogram noise std (both 0: no pull)
+    final_anchor_weight: float = 0.0  # the same for the final TV solve near D(z_0)
+    final_anchor_weight_per_sigma: float = 0.7
     warm_start_tv_iterations: int = 300  # primal-dual iterations of the TV warm-start image (warm_start: tv)
     noise_sigma: float | str | None = "auto"  # per-ray noise std for the discrepancy rule; "auto" estimates, None off
     discrepancy_tau: float = 1.0  # stop inner solves when ||y-Ax||^2 <= tau*m*sigma^2
@@ -168,6 +173,9 @@ def _check(cfg: ResampleConfig) -> None:
         raise ValueError(f"warm_start must be 'none', 'sirt', 'fbp' or 'tv', got {cfg.warm_start!r}")
     if cfg.tv_lambda < 0 or cfg.tv_iterations < 1:
         raise ValueError("tv_lambda must be >= 0 and tv_iterations >= 1")
+    if min(cfg.anchor_weight, cfg.anchor_weight_per_sigma, cfg.final_anchor_weight,
+           cfg.final_anchor_weight_per_sigma) < 0:
+        raise ValueError("anchor_weight, final_anchor_weight and their _per_sigma parts must be >= 0")
     if not (0.0 <= cfg.warm_start_fraction < 1.0):
         raise ValueError("warm_start_fraction must be in [0, 1)")
 
@@ -246,7 +254,7 @@ class _Consistency:
 
         self.pixel_threshold = eps_rule(cfg.pixel_eps)
         self.latent_threshold = eps_rule(cfg.latent_eps)
-        self.tv_lam = None  # per-slice TV weight (pixel_solver: tv), set on first use
+        self.tv_lam = None  # per-slice TV weights (pixel_solver: tv): steps, final solve, anchor; set on first use
         self.decoder_calls = 0
         self.encoder_calls = 0
         self.inner = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
@@ -280,25 +288,38 @@ class _Consistency:
         self.inner += its
         return mu_to_hu(x, self.cfg.mu_water)
 
-    def pixel_tv(self, x_hat_hu: torch.Tensor, iterations: int | None = None) -> torch.Tensor:
+    def pixel_tv(self, x_hat_hu: torch.Tensor, final: bool = False) -> torch.Tensor:
         """TV-regularised least squares (Chambolle-Pock) started at ``x_hat``, above -1024 HU; HU in, HU out.
 
         Beyond the paper: the inner solve adds a TV term (``tv_lambda``, the TV baseline's
-        rule) instead of fitting the data alone, for a fixed number of iterations from ``x_hat``.
+        rule; ``tv_final_lambda`` for the constant part of the final solve's) instead of fitting
+        the data alone, for a fixed number of iterations from ``x_hat``, and a quadratic pull
+        towards ``x_hat`` (weight ``anchor_weight + anchor_weight_per_sigma * sigma_hat``, the
+        ``final_`` pair for the final solve) that keeps the prior's image where the data leave
+        it free or are noisy.
         """
+        cfg = self.cfg
         floor = float(self.mu(torch.tensor(HU_MIN, dtype=torch.float64)))
-        if self.tv_lam is None:  # the sinogram's noise estimate, once per batch
-            self.tv_lam = tv_lambda_rule(self.y, self.cfg.tv_lambda, self.cfg.tv_lambda_per_sigma)
-        res = tv_least_squares(self.A, self.y, self.tv_lam, mu_water=self.cfg.mu_water,
-                               n_iterations=iterations or self.cfg.tv_iterations, tol=0.0, lower=floor,
-                               x0=self.mu(x_hat_hu.to(self.y.dtype)).clamp_min(floor))
+        if self.tv_lam is None:  # from the sinogram's noise estimate, once per batch
+            final_lam = cfg.tv_lambda if cfg.tv_final_lambda is None else cfg.tv_final_lambda
+            self.tv_lam = {
+                "step": tv_lambda_rule(self.y, cfg.tv_lambda, cfg.tv_lambda_per_sigma),
+                "final": tv_lambda_rule(self.y, final_lam, cfg.tv_lambda_per_sigma),
+                "step_anchor": tv_lambda_rule(self.y, cfg.anchor_weight, cfg.anchor_weight_per_sigma),
+                "final_anchor": tv_lambda_rule(self.y, cfg.final_anchor_weight, cfg.final_anchor_weight_per_sigma),
+            }
+        x0 = self.mu(x_hat_hu.to(self.y.dtype)).clamp_min(floor)
+        key = "final" if final else "step"
+        iterations = (cfg.tv_final_iterations or cfg.tv_iterations) if final else cfg.tv_iterations
+        res = tv_least_squares(self.A, self.y, self.tv_lam[key], mu_water=cfg.mu_water, n_iterations=iterations,
+                               tol=0.0, lower=floor, x0=x0, anchor=x0, anchor_weight=self.tv_lam[key + "_anchor"])
         self.inner += res.iterations
         return mu_to_hu(res.x, self.cfg.mu_water)
 
     def pixel_solve(self, x_hat_hu: torch.Tensor, final: bool = False) -> torch.Tensor:
         """The configured pixel-space solver near ``x_hat``; HU in, HU out (``final``: the last solve)."""
         if self.cfg.pixel_solver == "tv":
-            return self.pixel_tv(x_hat_hu, self.cfg.tv_final_iterations if final else None)
+            return self.pixel_tv(x_hat_hu, final)
         solver = {"cg": self.pixel_cg, "sirt": self.pixel_sirt, "adamw": self.pixel_adamw}[self.cfg.pixel_solver]
         return solver(x_hat_hu)
 

@@ -110,16 +110,22 @@ def _norm_scale(A, mu_water: float, dtype, device) -> float:
 
 
 def tv_objective(A, y: torch.Tensor, x: torch.Tensor, lam, *, mu_water: float, z_weight: float = 0.0,
-                 scale: float | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+                 scale: float | None = None, residual: torch.Tensor | None = None,
+                 anchor: torch.Tensor | None = None, anchor_weight=0.0) -> torch.Tensor:
     """The objective of the module docstring per slice ``(B,)`` (the bound is not checked).
 
-    ``residual``: ``A x - y`` when the caller has it already (saves a projection).
+    ``residual``: ``A x - y`` when the caller has it already (saves a projection). ``anchor``,
+    ``anchor_weight``: the optional quadratic pull of :func:`tv_least_squares`.
     """
     s = scale if scale is not None else _norm_scale(A, mu_water, y.dtype, y.device)
     lam = torch.as_tensor(lam, dtype=y.dtype, device=y.device).expand(y.shape[0])
     r = A(x) - y if residual is None else residual
     data = 0.5 * r.flatten(1).pow(2).sum(dim=1) / s**2
-    return data + lam * tv_norm(x / mu_water, z_weight)
+    obj = data + lam * tv_norm(x / mu_water, z_weight)
+    if anchor is not None:
+        beta = torch.as_tensor(anchor_weight, dtype=y.dtype, device=y.device).expand(y.shape[0])
+        obj = obj + 0.5 * beta * ((x - anchor) / mu_water).flatten(1).pow(2).sum(dim=1)
+    return obj
 
 
 def tv_lambda_rule(y: torch.Tensor, lam: float, lam_per_sigma: float = 0.0) -> torch.Tensor:
@@ -139,7 +145,8 @@ def tv_lambda_rule(y: torch.Tensor, lam: float, lam_per_sigma: float = 0.0) -> t
 @torch.no_grad()
 def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: int = 500, tol: float = 1e-5,
                      lower: float | None = 0.0, x0: torch.Tensor | None = None, z_weight: float = 0.0,
-                     step_ratio: float = 10.0, record_every: int = 0) -> TVResult:
+                     step_ratio: float = 10.0, record_every: int = 0, anchor: torch.Tensor | None = None,
+                     anchor_weight=0.0) -> TVResult:
     """Solve the TV problem of the module docstring by Chambolle-Pock.
 
     Parameters
@@ -169,6 +176,12 @@ def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: 
         ``tau / sigma`` balance of the primal and dual steps (both keep ``sigma tau L^2 = 1``).
     record_every : int
         Record the objective every this many iterations (0: never).
+    anchor : Tensor, (B, 1, H, W), optional
+        A reference image ``x_ref`` (1/mm), e.g. a decoded prior sample: adds
+        ``anchor_weight / 2 * ||(x - x_ref) / mu_w||^2`` to the objective (a quadratic pull towards
+        it, solved exactly in the primal step).
+    anchor_weight : float or Tensor (B,)
+        Weight of the anchor term, relative to the data term (whose block has norm 1): 0 = plain TV.
 
     Returns
     -------
@@ -199,6 +212,14 @@ def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: 
     lo = None if lower is None else float(lower) / mu_water
     if lo is not None:
         u = u.clamp_min(lo)
+    beta = torch.as_tensor(anchor_weight, dtype=y.dtype, device=y.device).expand(B).reshape(B, 1, 1, 1)
+    if (beta < 0).any():
+        raise ValueError("anchor_weight must be >= 0")
+    u_ref = None
+    if anchor is not None and bool((beta > 0).any()):
+        # prox of tau * beta/2 ||u - u_ref||^2 (then the bound, exact for this separable term)
+        u_ref = (tau * beta) * (anchor.to(y.dtype) / mu_water)
+        shrink = 1.0 / (1.0 + tau * beta)
     u_bar = u.clone()
     p = torch.zeros_like(y)
     q = torch.zeros((B, 3 if zw > 0 else 2, *A.domain_shape), dtype=y.dtype, device=y.device)
@@ -212,6 +233,8 @@ def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: 
         q_new = q + (sigma * b) * gradient(u_bar, zw)
         q_new = q_new / (q_new.pow(2).sum(dim=1, keepdim=True).sqrt() / radius).clamp_min(1.0)
         u_new = u - tau * (kA * A.adjoint(p_new) - b * divergence(q_new, zw))
+        if u_ref is not None:
+            u_new = (u_new + u_ref) * shrink
         if lo is not None:
             u_new = u_new.clamp_min(lo)
         test = tol > 0 and ((k + 1) % check_every == 0 or k + 1 == n_iterations)
@@ -228,7 +251,8 @@ def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: 
             u = torch.where(m, u_new, u)
         iterations += active.long()
         if record_every and (k + 1) % record_every == 0:
-            history.append(tv_objective(A, y, u * mu_water, lam, mu_water=mu_water, z_weight=zw, scale=s))
+            history.append(tv_objective(A, y, u * mu_water, lam, mu_water=mu_water, z_weight=zw, scale=s,
+                                        anchor=anchor, anchor_weight=beta.flatten()))
         if test:
             done = change < tol
             active = active & ~(done.all().expand(B) if coupled else done)
@@ -236,6 +260,7 @@ def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: 
                 break
     x = u * mu_water
     r = A(x) - y
-    obj = tv_objective(A, y, x, lam, mu_water=mu_water, z_weight=zw, scale=s, residual=r)
+    obj = tv_objective(A, y, x, lam, mu_water=mu_water, z_weight=zw, scale=s, residual=r, anchor=anchor,
+                       anchor_weight=beta.flatten())
     res = r.flatten(1).norm(dim=1) / y.flatten(1).norm(dim=1).clamp_min(1e-12)
     return TVResult(x=x, iterations=iterations, objective=obj, data_residual=res, history=history)

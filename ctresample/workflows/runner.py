@@ -20,7 +20,7 @@ from typing import Callable
 from ..io import CTReadWarning, InputError
 from ..io.writers import OutputWriteError, atomic_write_text
 from ..methods import get_method
-from ..utils import progress
+from ..utils import interrupted, progress
 from .distributed import dist_info
 from .reconstruct import reconstruct_study
 from .settings import ReconSettings, SimulationSettings
@@ -130,6 +130,8 @@ def run_studies(studies: list[Study], out_root: Path, work: Callable[[Study], St
                     log.info("%s: %s (%d slice(s) written by rank %d, %.1f s)", study.name, res.status, res.slices,
                              rank, res.time)
                 except Exception as exc:  # one failing study does not stop the others
+                    if interrupted():  # a Ctrl-C that a library turned into another error: stop, not fail
+                        raise KeyboardInterrupt from exc
                     _log_warnings(caught)
                     if isinstance(exc, InputError):
                         exc.add_warnings(str(w.message) for w in caught if issubclass(w.category, CTReadWarning))
