@@ -2,7 +2,7 @@
 
 Problem (per slice of a batch, or per volume when ``z_weight > 0``)::
 
-    min_x  1/2 ||A x - y||^2 / s_A^2  +  lam * TV(x / mu_w)   subject to  x >= lower
+    min_x  1/2 ||A x - y||^2 / s_A^2  +  lam * TV(x / mu_w)  [+ beta/2 ||(x - x_ref) / mu_w||^2]   s.t.  x >= lower
 
 ``x`` is linear attenuation (1/mm) and ``A`` the matched projector; ``s_A = mu_w ||A||`` makes
 the data term dimensionless (its size no longer depends on the image size, the pixel size or
@@ -10,7 +10,11 @@ the number of views) and ``x / mu_w`` measures the image in units of water, so `
 plain number (a few 1e-4 for clean 25-view data on 256 x 256; larger with noise).
 ``TV(u) = sum_i sqrt(|D_r u|_i^2 + |D_c u|_i^2 + (w_z |D_z u|_i)^2)``, forward differences
 with Neumann boundaries; ``D_z`` couples consecutive slices of the batch (a volume's
-neighbours) when ``z_weight = w_z > 0``.
+neighbours) when ``z_weight = w_z > 0``. The optional bracket (``anchor = x_ref``,
+``anchor_weight = beta``) pulls the solution towards a reference image, e.g. a decoded prior
+sample; its proximal map is closed-form, so the primal step solves it exactly::
+
+    u_new <- max((u - tau (K_A^T p + K_D^T q) + tau beta u_ref) / (1 + tau beta), lower / mu_w)
 
 Solver (Chambolle & Pock 2011, Algorithm 1, with ``theta = 1``): in ``u = x / mu_w`` the data
 block is ``K_A = A mu_w / s_A`` (norm 1) and the gradient block ``K_D = b D`` with
