@@ -74,14 +74,24 @@ def config_identity(config) -> Any:
     return repr(config)
 
 
+# files of a weights folder that describe the model without being it (an edited model card or a
+# regenerated figure must not invalidate saved results)
+_NOT_WEIGHTS = (".md", ".png", ".jpg", ".jpeg", ".txt")
+
+
+def weights_identity(folder) -> Any:
+    """Names, sizes and times of the files that make up a saved model (not its card, figures or metrics)."""
+    folder = Path(folder)
+    return sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
+                  for f in folder.rglob("*")
+                  if f.is_file() and f.suffix.lower() not in _NOT_WEIGHTS and f.name != "metrics.json")
+
+
 def _weights_identity(run: MethodRun) -> Any:
-    """The learned weights a method will load (file names, sizes, times), so a retrained model is re-evaluated."""
+    """The learned weights a method will load, so a retrained model is re-evaluated."""
     try:
         folder = method_spec(run.method).weights_folder(run.config)
-        if folder is None:
-            return None
-        return sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
-                      for f in folder.rglob("*") if f.is_file())
+        return None if folder is None else weights_identity(folder)
     except Exception:
         return None
 

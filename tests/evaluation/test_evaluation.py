@@ -232,3 +232,25 @@ def test_default_preset_is_part_of_the_resume_fingerprint(tmp_path, monkeypatch)
     assert config_identity(effective_config(run)) != before
     assert effective_config(MethodRun("fbp", "fbp")) is None  # no preset registered: the code's defaults
     assert effective_config(MethodRun("p", "resample", "resample_paper")) == "resample_paper"
+
+
+def test_weights_identity_ignores_the_model_card_not_the_weights(tmp_path):
+    """Editing a model card or its figures keeps saved results; new weights invalidate them."""
+    import os
+
+    from ctresample.evaluation.runner import weights_identity
+
+    (tmp_path / "unet").mkdir()
+    w = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    w.write_bytes(b"0" * 10)
+    (tmp_path / "unet" / "config.json").write_text("{}")
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("card")
+    before = weights_identity(tmp_path)
+    card.write_text("a longer card")
+    (tmp_path / "samples.png").write_bytes(b"png")
+    (tmp_path / "metrics.json").write_text("{}")
+    assert weights_identity(tmp_path) == before
+    w.write_bytes(b"1" * 11)
+    os.utime(w, ns=(1, 1))
+    assert weights_identity(tmp_path) != before
