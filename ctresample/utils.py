@@ -26,6 +26,7 @@ def watch_interrupts() -> None:
 
     if threading.current_thread() is not threading.main_thread():
         return
+    _INTERRUPTED[0] = False  # a new command: an earlier Ctrl-C of this process must not mask its errors
 
     def handler(signum, frame):
         _INTERRUPTED[0] = True

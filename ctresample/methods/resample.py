@@ -70,6 +70,7 @@ from ..models.prior import DEFAULT_PRETRAINED, load_prior
 from ..solvers import (
     adamw_least_squares,
     discrepancy_threshold,
+    estimate_noise_sigma,
     proximal_least_squares,
     sirt,
     sirt_with_stop,
@@ -302,12 +303,12 @@ class _Consistency:
         floor = float(self.mu(torch.tensor(HU_MIN, dtype=torch.float64)))
         if self.tv_lam is None:  # from the sinogram's noise estimate, once per batch
             final_lam = cfg.tv_lambda if cfg.tv_final_lambda is None else cfg.tv_final_lambda
-            self.tv_lam = {
-                "step": tv_lambda_rule(self.y, cfg.tv_lambda, cfg.tv_lambda_per_sigma),
-                "final": tv_lambda_rule(self.y, final_lam, cfg.tv_lambda_per_sigma),
-                "step_anchor": tv_lambda_rule(self.y, cfg.anchor_weight, cfg.anchor_weight_per_sigma),
-                "final_anchor": tv_lambda_rule(self.y, cfg.final_anchor_weight, cfg.final_anchor_weight_per_sigma),
-            }
+            sigma = estimate_noise_sigma(self.y)
+            rules = {"step": (cfg.tv_lambda, cfg.tv_lambda_per_sigma),
+                     "final": (final_lam, cfg.tv_lambda_per_sigma),
+                     "step_anchor": (cfg.anchor_weight, cfg.anchor_weight_per_sigma),
+                     "final_anchor": (cfg.final_anchor_weight, cfg.final_anchor_weight_per_sigma)}
+            self.tv_lam = {k: tv_lambda_rule(self.y, a, b, sigma_hat=sigma) for k, (a, b) in rules.items()}
         x0 = self.mu(x_hat_hu.to(self.y.dtype)).clamp_min(floor)
         key = "final" if final else "step"
         iterations = (cfg.tv_final_iterations or cfg.tv_iterations) if final else cfg.tv_iterations

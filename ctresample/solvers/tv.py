@@ -132,17 +132,20 @@ def tv_objective(A, y: torch.Tensor, x: torch.Tensor, lam, *, mu_water: float, z
     return obj
 
 
-def tv_lambda_rule(y: torch.Tensor, lam: float, lam_per_sigma: float = 0.0) -> torch.Tensor:
+def tv_lambda_rule(y: torch.Tensor, lam: float, lam_per_sigma: float = 0.0,
+                   sigma_hat: torch.Tensor | None = None) -> torch.Tensor:
     """``lam + lam_per_sigma * sigma_hat`` per slice ``(B,)``; ``sigma_hat`` from the sinogram itself.
 
     ``sigma_hat`` is :func:`~.discrepancy.estimate_noise_sigma` (robust, from second differences
-    along the detector; near zero on clean data), so the rule needs no ground truth.
+    along the detector; near zero on clean data), so the rule needs no ground truth; pass it
+    when several rules share one sinogram.
     """
     from .discrepancy import estimate_noise_sigma
 
     lam_t = torch.full((y.shape[0],), float(lam), dtype=y.dtype, device=y.device)
     if lam_per_sigma:
-        lam_t = lam_t + float(lam_per_sigma) * estimate_noise_sigma(y).to(y.dtype)
+        sigma = estimate_noise_sigma(y) if sigma_hat is None else sigma_hat
+        lam_t = lam_t + float(lam_per_sigma) * sigma.to(y.dtype)
     return lam_t
 
 

@@ -48,9 +48,12 @@ def test_ctrl_c_that_a_library_turns_into_another_error_still_stops(monkeypatch,
         signal.signal(signal.SIGINT, previous)
     err = capsys.readouterr().err
     assert err.startswith("interrupted (Ctrl-C)") and "Traceback" not in err
-    # without a Ctrl-C the same error is not hidden
-    monkeypatch.setattr(utils, "_INTERRUPTED", [False])
-    monkeypatch.setattr(cli, "build_parser", lambda: (_ for _ in ()).throw(RuntimeError("real bug")))
+    # the next command of the same process, without a Ctrl-C: its error is not hidden by the earlier one
+    assert utils.interrupted()
+    def broken_import():
+        raise RuntimeError("real bug")
+
+    monkeypatch.setattr(cli, "build_parser", broken_import)
     try:
         with pytest.raises(RuntimeError, match="real bug"):
             main(["reconstruct", "x", "y"])
