@@ -10,6 +10,7 @@ touches file formats. pydicom and nibabel are imported only when needed.
 """
 from __future__ import annotations
 
+from .lazy import LazySlices, is_lazy
 from .readers import image_kind, read_image, read_invesalius, read_npy
 from .volume import (
     CTReadWarning,
@@ -28,6 +29,7 @@ __all__ = [
     "DicomReadError",
     "ImageVolume",
     "InputError",
+    "LazySlices",
     "SliceGeometry",
     "check_geometry",
     "regular_grid",
@@ -35,6 +37,7 @@ __all__ = [
     "affine_from_dicom",
     "axial_affine",
     "image_kind",
+    "is_lazy",
     "list_series",
     "read_image",
     "read_invesalius",

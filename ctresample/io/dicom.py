@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .lazy import LazySlices
 from .volume import CTReadWarning, DicomReadError, ImageVolume, InputError, affine_from_dicom, check_geometry
 
 __all__ = [
@@ -600,7 +601,7 @@ def _duplicate_error(source: Path, slices: list[_Slice], pos: np.ndarray) -> Dic
 
 
 def read_dicom_series(
-    source, *, series: str | None = None, strict: bool = False, files: list[Path] | None = None
+    source, *, series: str | None = None, strict: bool = False, files: list[Path] | None = None, lazy: bool = False
 ) -> ImageVolume:
     """Read one DICOM image series from a folder, a single file or a DICOMDIR into HU.
 
@@ -615,6 +616,10 @@ def read_dicom_series(
         Raise on a corrupt or truncated file or a missing rescale tag instead of warning.
     files : list of paths, optional
         Read exactly these files as one series (``source`` only names it in messages).
+    lazy : bool
+        Keep no pixels: every file is decoded and checked as usual, then ``hu`` is a
+        :class:`~ctresample.io.lazy.LazySlices` that decodes a slice's file again when the
+        slice is asked for (memory independent of the series length).
 
     Raises
     ------
@@ -624,13 +629,13 @@ def read_dicom_series(
     """
     notes: list[str] = []
     try:
-        return _read_dicom_series(Path(source), series, strict, files, notes)
+        return _read_dicom_series(Path(source), series, strict, files, notes, lazy)
     except InputError as exc:
         exc.add_warnings(notes)
         raise
 
 
-def _read_dicom_series(source: Path, series, strict: bool, files, notes: list[str]) -> ImageVolume:
+def _read_dicom_series(source: Path, series, strict: bool, files, notes: list[str], lazy: bool = False) -> ImageVolume:
     if files is None:
         if source.is_file() and not is_dicomdir(source):
             try:
@@ -680,6 +685,11 @@ def _read_dicom_series(source: Path, series, strict: bool, files, notes: list[st
             continue
         if first_ds is None:
             first_ds = ds
+        if lazy:  # checked now, decoded again when asked for: keep the shape, not the pixels
+            for sl in got:
+                if not np.isfinite(sl.pixels).all():
+                    raise DicomReadError(f"{path}: pixel data hold NaN or Inf values", path=path)
+                sl.pixels = np.broadcast_to(np.float32(0), sl.pixels.shape)
         slices.extend(got)
     if not slices:
         raise DicomReadError(f"{source}: no readable DICOM slice ({len(files)} file(s), all skipped)", path=source)
@@ -764,9 +774,13 @@ def _read_dicom_series(source: Path, series, strict: bool, files, notes: list[st
         step = normal * (thickness or 1.0)
         pos = np.arange(len(slices), dtype=np.float64) * float(np.linalg.norm(step))
     affine = affine_from_dicom(ori, first, spacing, step)
-    hu = np.stack([s.pixels for s in slices]).astype(np.float32)
-    if not np.isfinite(hu).all():
-        raise DicomReadError(f"{source}: pixel data hold NaN or Inf values", path=source)
+    if lazy:
+        hu = LazySlices(len(slices), slices[0].pixels.shape, _pixel_loader([(s.path, s.frame) for s in slices],
+                                                                           slices[0].pixels.shape, strict))
+    else:
+        hu = np.stack([s.pixels for s in slices]).astype(np.float32)
+        if not np.isfinite(hu).all():
+            raise DicomReadError(f"{source}: pixel data hold NaN or Inf values", path=source)
     ds = first_ds
     meta = {
         "format": "dicom",
@@ -785,6 +799,30 @@ def _read_dicom_series(source: Path, series, strict: bool, files, notes: list[st
     vol = ImageVolume(hu=hu, pixel_spacing=spacing, slice_positions=pos, affine=affine, metadata=meta, source=source)
     check_geometry(vol)
     return vol
+
+
+def _pixel_loader(refs: list[tuple[Path, int]], shape_hw, strict: bool):
+    """``load(indices)`` of a lazy series: decodes the files of those slices (``refs``: (file, frame) per slice)."""
+
+    def load(idx: list[int]) -> np.ndarray:
+        out = np.empty((len(idx), *shape_hw), np.float32)
+        by_file: dict[Path, list[tuple[int, int]]] = {}
+        for n, k in enumerate(idx):
+            path, frame = refs[k]
+            by_file.setdefault(path, []).append((n, frame))
+        for path, items in by_file.items():
+            with warnings.catch_warnings():  # warned about when the series was read
+                warnings.simplefilter("ignore", CTReadWarning)
+                got, _ = _decode(path, strict, [], set())
+            frames = {sl.frame: sl.pixels for sl in got}
+            for n, frame in items:
+                pix = frames.get(frame)
+                if pix is None or pix.shape != tuple(shape_hw) or not np.isfinite(pix).all():
+                    raise DicomReadError(f"{path}: changed since the series was read (frame {frame})", path=path)
+                out[n] = pix
+        return out
+
+    return load
 
 
 def read_series_all(folder, *, strict: bool = False) -> list[ImageVolume]:

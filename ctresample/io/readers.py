@@ -113,7 +113,8 @@ def read_invesalius(folder) -> ImageVolume:
     )
 
 
-def read_image(path, *, series: str | None = None, strict: bool = False, spacing=None) -> ImageVolume:
+def read_image(path, *, series: str | None = None, strict: bool = False, spacing=None,
+               lazy: bool = False) -> ImageVolume:
     """Read a CT image volume in HU from any supported format.
 
     Parameters
@@ -131,6 +132,11 @@ def read_image(path, *, series: str | None = None, strict: bool = False, spacing
     spacing : float or tuple, optional
         For ``.npy`` only: pixel spacing in mm, ``(row, col)`` or ``(row, col, slice)``
         (default 1 mm).
+    lazy : bool
+        DICOM only: every file is read and checked, but ``hu`` is a
+        :class:`~ctresample.io.lazy.LazySlices` that decodes each slice when it is asked for,
+        so a long series is never held whole (the workflows stream studies this way). Other
+        formats are read whole either way.
 
     Returns
     -------
@@ -150,7 +156,7 @@ def read_image(path, *, series: str | None = None, strict: bool = False, spacing
     if kind in ("dicom-file", "dicom-folder"):
         from .dicom import read_dicom_series
 
-        return read_dicom_series(path, series=series, strict=strict)  # checks its geometry
+        return read_dicom_series(path, series=series, strict=strict, lazy=lazy)  # checks its geometry
     if kind == "nifti":
         from .nifti import read_nifti
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .lazy import is_lazy
+
 __all__ = [
     "ImageVolume",
     "InputError",
@@ -103,7 +105,9 @@ class ImageVolume:
     Attributes
     ----------
     hu : ndarray, (Z, H, W), float32, HU
-        Slices in display orientation (see module docstring).
+        Slices in display orientation (see module docstring). ``read_image(..., lazy=True)``
+        gives a :class:`~ctresample.io.lazy.LazySlices` instead: the same indexing, each
+        slice read when asked for (``np.asarray`` reads them all).
     pixel_spacing : (float, float)
         ``(row spacing, column spacing)`` in mm: the distance between the centres of
         adjacent rows, and of adjacent columns.
@@ -133,7 +137,8 @@ class ImageVolume:
     source: Path = Path(".")
 
     def __post_init__(self) -> None:
-        self.hu = np.asarray(self.hu, dtype=np.float32)
+        if not is_lazy(self.hu):
+            self.hu = np.asarray(self.hu, dtype=np.float32)
         if self.hu.ndim == 2:
             self.hu = self.hu[None]
         if self.hu.ndim != 3:
@@ -482,9 +487,10 @@ def resample_slices(hu: np.ndarray, slice_positions, target_positions) -> np.nda
 
     ``hu`` is ``(Z, H, W)`` at increasing ``slice_positions`` (mm); targets must lie within
     ``[slice_positions[0], slice_positions[-1]]``. A target on a source slice (within 1 um)
-    is an exact copy of it.
+    is an exact copy of it. ``hu`` may be a :class:`~ctresample.io.lazy.LazySlices`: only
+    the neighbours of the targets are read.
     """
-    hu = np.asarray(hu)
+    hu = hu if is_lazy(hu) else np.asarray(hu)
     pos = np.asarray(slice_positions, dtype=np.float64).reshape(-1)
     tgt = np.asarray(target_positions, dtype=np.float64).reshape(-1)
     if len(pos) != hu.shape[0]:

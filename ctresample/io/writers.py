@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from .lazy import LazySlices, is_lazy
 from .volume import LPS_TO_RAS, CTReadWarning, InputError, fractional_slice_indices, is_regular
 
 #: Type 2 attributes (present, empty when unknown) of the CT Image IOD that ctresample does
@@ -66,6 +67,7 @@ __all__ = [
     "OutputWriteError",
     "atomic_write",
     "atomic_write_text",
+    "write_nifti_planes",
     "write_failed",
     "check_writable",
     "SliceStore",
@@ -235,6 +237,11 @@ class SliceStore:
     def stack(self) -> np.ndarray:
         return np.stack([self.get(k) for k in range(self.n_slices)])
 
+    def slices(self) -> LazySlices:
+        """The stored slices as a :class:`~ctresample.io.lazy.LazySlices`: read when indexed, never all at once."""
+        shape = np.load(self.path(0), mmap_mode="r").shape if self.n_slices else (0, 0)
+        return LazySlices(self.n_slices, shape, lambda idx: np.stack([self.get(k) for k in idx]))
+
     def remove(self) -> None:
         for k in range(self.n_slices):
             try:
@@ -271,20 +278,27 @@ def write_nifti_volume(
         Naming ``path`` when the affine is singular (e.g. every slice at one position),
         before anything is written.
     """
-    from .nifti import _nib, nifti_image
     from .volume import regular_grid, resample_slices
 
-    nib = _nib()
     path = Path(path)
     affine = np.asarray(affine, dtype=np.float64)
-    hu_zhw = np.asarray(hu_zhw)
+    stack = hu_zhw if is_lazy(hu_zhw) else np.asarray(hu_zhw)
+    n_out = stack.shape[0]
+
+    def plane(k: int) -> np.ndarray:
+        return stack[k]
+
     if slice_positions is not None:
         pos = np.asarray(slice_positions, dtype=np.float64).reshape(-1)
-        if len(pos) != hu_zhw.shape[0]:
-            raise ValueError(f"{path}: {len(pos)} slice positions for {hu_zhw.shape[0]} slices")
+        if len(pos) != stack.shape[0]:
+            raise ValueError(f"{path}: {len(pos)} slice positions for {stack.shape[0]} slices")
         if not is_regular(pos) or z_step is not None:
             affine, target = regular_grid(affine, pos, z_step, source=path)
-            hu_zhw = resample_slices(hu_zhw, pos, target)
+            n_out = len(target)
+
+            def plane(k: int) -> np.ndarray:  # reads the two neighbouring slices only
+                return resample_slices(stack, pos, target[k : k + 1])[0]
+
     m = affine[:3, :3]
     if not np.isfinite(affine).all() or abs(np.linalg.det(m)) <= 1e-9 * (float(np.abs(m).max()) or 1.0) ** 3:
         raise InputError(
@@ -292,11 +306,46 @@ def write_nifti_volume(
             "pixel spacing of 0 mm)",
             path=path,
         )
-    img = nifti_image(hu_zhw, affine, dtype=dtype)
-    # nibabel picks compression from the suffix, so keep ".nii.gz" on the temporary name
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    return _save_atomic(nib, img, path, suffix)
+    return write_nifti_planes(path, n_out, stack.shape[1:], plane, affine, dtype=dtype)
 
+
+def write_nifti_planes(path, n: int, shape_hw, plane: Callable[[int], np.ndarray], affine: np.ndarray, *,
+                       dtype=np.float32) -> Path:
+    """Write the NIfTI of ``n`` slices ``plane(0) .. plane(n - 1)`` (each ``(H, W)``), one slice at a time, atomically.
+
+    The file is what ``nibabel.save`` writes for the stacked ``(Z, H, W)`` volume (the same
+    header, ``.nii.gz`` compressed at nibabel's level), but only one slice is in memory at a
+    time. A slice is a contiguous block of NIfTI's ``(W, H, Z)`` Fortran order, so it is
+    written as its own C-order bytes.
+    """
+    import gzip
+
+    from nibabel.openers import Opener
+
+    from .nifti import nifti_image
+
+    path = Path(path)
+    h, w = (int(v) for v in shape_hw)
+    img = nifti_image(np.broadcast_to(np.zeros((), dtype), (int(n), h, w)), affine, dtype=dtype)
+    img.update_header()
+    hdr = img.header
+    hdr.set_slope_inter(1.0, 0.0)  # what nibabel writes for unscaled float data
+    hdr.set_data_offset(int(hdr.single_vox_offset))
+    out_dtype = hdr.get_data_dtype()
+
+    def write(tmp: Path) -> None:
+        opened = (gzip.open(tmp, "wb", compresslevel=Opener.default_compresslevel) if path.name.endswith(".gz")
+                  else open(tmp, "wb"))
+        with opened as fh:
+            hdr.write_to(fh)
+            fh.write(b"\0" * (hdr.get_data_offset() - fh.tell()))  # up to vox_offset (none: 348 + 4 bytes)
+            for k in range(int(n)):
+                a = np.asarray(plane(k))
+                if a.shape != (h, w):
+                    raise ValueError(f"{path}: slice {k} has shape {a.shape}, expected {(h, w)}")
+                fh.write(np.ascontiguousarray(a, dtype=out_dtype).tobytes())
+
+    return atomic_write(path, write)
 
 
 def _save_atomic(nib, img, path: Path, suffix: str) -> Path:

@@ -21,7 +21,7 @@ from ..hu_window import hu_to_unit
 from ..metrics import unit_psnr
 from ..models.prior import build_vae
 from . import loop
-from .data import SliceDataset, build_cache, load_cache
+from .data import SliceDataset, build_cache, load_cache, slice_loader
 from .loop import TrainRunConfig
 
 __all__ = ["AutoencoderTrainConfig", "train_autoencoder"]
@@ -50,6 +50,7 @@ class AutoencoderTrainConfig(TrainRunConfig):
     val_slices: int = 8                 # validation slices (full size) for the PSNR monitor
     init_vae: str | None = None         # start from these weights (a diffusers AutoencoderKL folder)
     freeze_encoder: bool = False        # train the decoder only: latents (and a UNet trained on them) stay valid
+    balance_subjects: float = 0.0       # slice weight n_subject ** -b: 0 = every slice alike, 1 = every subject alike
 
 
 class _AEWithKL(torch.nn.Module):
@@ -65,10 +66,11 @@ class _AEWithKL(torch.nn.Module):
         return rec, post.kl()
 
 
-def _load_split_arrays(cfg) -> tuple[np.ndarray, np.ndarray]:
-    train = load_cache(build_cache("train", cfg.data_root, cfg.split_file, cfg.cache_dir, cfg.image_size))["hu"]
+def _load_split_arrays(cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(train HU, train subject index, validation HU)`` from the cached split."""
+    train = load_cache(build_cache("train", cfg.data_root, cfg.split_file, cfg.cache_dir, cfg.image_size))
     val = load_cache(build_cache("validation", cfg.data_root, cfg.split_file, cfg.cache_dir, cfg.image_size))["hu"]
-    return train, val
+    return train["hu"], train["subject"], val
 
 
 @torch.no_grad()
@@ -82,7 +84,8 @@ def _validate(vae, val: torch.Tensor, batch: int = 4) -> float:
 
 
 def train_autoencoder(config=None, *, resume: bool = False, train_hu: np.ndarray | None = None,
-                      val_hu: np.ndarray | None = None, progress: bool = True, **overrides) -> dict:
+                      val_hu: np.ndarray | None = None, train_subject: np.ndarray | None = None,
+                      progress: bool = True, **overrides) -> dict:
     """Train (or resume) the autoencoder; returns a summary dict (also ``summary.json``).
 
     Parameters
@@ -92,11 +95,14 @@ def train_autoencoder(config=None, *, resume: bool = False, train_hu: np.ndarray
         Continue from ``<output_dir>/checkpoint.pt`` if present.
     train_hu, val_hu : ndarray (N, S, S) HU, optional
         In-memory data instead of the cached split (tests).
+    train_subject : ndarray (N,) int, optional
+        Subject index of each ``train_hu`` slice, for ``balance_subjects`` (the cached split
+        brings its own).
     """
     cfg = load_config(AutoencoderTrainConfig, config, overrides)
     out, acc = loop.start_run(cfg)
     if train_hu is None:
-        train_hu, val_from_split = _load_split_arrays(cfg)
+        train_hu, train_subject, val_from_split = _load_split_arrays(cfg)
         val_hu = val_from_split if val_hu is None else val_hu
     rng = np.random.default_rng(cfg.seed)
     val_idx = np.sort(rng.choice(len(val_hu), size=min(cfg.val_slices, len(val_hu)), replace=False))
@@ -116,7 +122,9 @@ def train_autoencoder(config=None, *, resume: bool = False, train_hu: np.ndarray
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.99),
                             weight_decay=0.0)
     ds = SliceDataset(train_hu, crop=cfg.crop, augment=cfg.augment, length=max(len(train_hu), cfg.batch_size))
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=0)
+    if train_subject is not None and len(train_subject) != len(train_hu):
+        raise ValueError(f"train_subject has {len(train_subject)} entries for {len(train_hu)} training slices")
+    loader = slice_loader(ds, cfg.batch_size, train_subject, cfg.balance_subjects)
     model, opt, loader = acc.prepare(model, opt, loader)
     ema = loop.make_ema(acc.unwrap_model(model).vae, cfg.ema_decay)
 

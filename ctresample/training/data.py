@@ -34,6 +34,8 @@ __all__ = [
     "load_cache",
     "Augment",
     "SliceDataset",
+    "subject_weights",
+    "slice_loader",
 ]
 
 #: the slice cache, relative to the current working directory (``cache_dir`` overrides it)
@@ -117,6 +119,42 @@ def load_cache(path) -> dict:
     with np.load(path) as f:
         return {"hu": f["hu"], "subject": f["subject"], "subject_ids": [str(s) for s in f["subject_ids"]],
                 "info": json.loads(str(f["info"]))}
+
+
+def subject_weights(subject: np.ndarray, balance: float, copies: int = 1) -> torch.Tensor | None:
+    """Sampling weight of every latent: ``n_s ** -balance`` for a slice of a subject with ``n_s`` slices.
+
+    ``subject`` (N,) holds the subject index of each cached slice; the latents are ``copies``
+    encodings (or augmented copies) of those N slices in order (copy-major). ``balance = 0`` returns ``None`` (plain
+    shuffling); 1 gives every subject the same share of the batches; 0.5 a share growing with
+    the square root of its slice count.
+    """
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f"balance_subjects must be in [0, 1], got {balance}")
+    if balance == 0.0:
+        return None
+    subject = np.asarray(subject)
+    counts = np.bincount(subject)
+    w = counts[subject].astype(np.float64) ** -balance
+    return torch.as_tensor(np.tile(w, copies), dtype=torch.double)
+
+
+def slice_loader(ds, batch_size: int, subject: np.ndarray | None = None,
+                 balance: float = 0.0) -> torch.utils.data.DataLoader:
+    """A shuffling loader over ``ds`` whose item ``i`` is slice ``i mod N`` of ``N`` cached slices.
+
+    With ``balance > 0`` items are drawn with replacement, weighted by :func:`subject_weights`
+    of ``subject`` (N,), so that a subject with many slices does not dominate the batches.
+    """
+    if balance:
+        if subject is None:
+            raise ValueError("balance_subjects needs the subject index of every training slice")
+        per_slice = subject_weights(subject, balance)
+        index = torch.arange(len(ds)) % len(per_slice)
+        sampler = torch.utils.data.WeightedRandomSampler(per_slice[index], num_samples=len(ds), replacement=True)
+        return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=True,
+                                           num_workers=0)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=0)
 
 
 @dataclass(frozen=True)

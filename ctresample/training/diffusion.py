@@ -26,7 +26,7 @@ import torch
 from ..config import load_config
 from ..models.prior import LatentDiffusionPrior, build_scheduler, build_unet
 from . import loop
-from .data import Augment, SliceDataset, build_cache, load_cache
+from .data import Augment, SliceDataset, build_cache, load_cache, slice_loader, subject_weights
 from .loop import TrainRunConfig
 
 __all__ = ["DiffusionTrainConfig", "train_diffusion", "encode_slices", "sample_timesteps", "subject_weights"]
@@ -63,24 +63,6 @@ class DiffusionTrainConfig(TrainRunConfig):
     export_fp16: bool = False           # the exported prior in float16 (halves its size)
     init_from: str | None = None        # a prior folder: continue from its UNet and latent_scale (same autoencoder)
     balance_subjects: float = 0.0       # slice weight n_subject ** -b: 0 = every slice alike, 1 = every subject alike
-
-
-def subject_weights(subject: np.ndarray, balance: float, copies: int = 1) -> torch.Tensor | None:
-    """Sampling weight of every latent: ``n_s ** -balance`` for a slice of a subject with ``n_s`` slices.
-
-    ``subject`` (N,) holds the subject index of each cached slice; the latents are ``copies``
-    encodings of those N slices in order (copy-major). ``balance = 0`` returns ``None`` (plain
-    shuffling); 1 gives every subject the same share of the batches; 0.5 a share growing with
-    the square root of its slice count.
-    """
-    if not 0.0 <= balance <= 1.0:
-        raise ValueError(f"balance_subjects must be in [0, 1], got {balance}")
-    if balance == 0.0:
-        return None
-    subject = np.asarray(subject)
-    counts = np.bincount(subject)
-    w = counts[subject].astype(np.float64) ** -balance
-    return torch.as_tensor(np.tile(w, copies), dtype=torch.double)
 
 
 def sample_timesteps(n: int, num_train_timesteps: int, low_fraction: float = 0.0, low_max_t: int = 250,
@@ -207,15 +189,8 @@ def train_diffusion(config=None, *, resume: bool = False, train_hu: np.ndarray |
     T = scheduler.config.num_train_timesteps
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
     ds = _LatentDataset(latents, cfg.latent_crop)
-    copies = len(latents) // max(len(train_hu), 1)
-    weights = subject_weights(train_subject, cfg.balance_subjects, copies) if train_subject is not None else None
-    if weights is not None:
-        sampler = torch.utils.data.WeightedRandomSampler(weights, num_samples=len(latents), replacement=True)
-        loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                                             num_workers=0)
-    else:
-        loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                                             num_workers=0)
+    # latents are copy-major encodings of the N slices: item i is slice i mod N
+    loader = slice_loader(ds, cfg.batch_size, train_subject, cfg.balance_subjects if train_subject is not None else 0.0)
     unet, opt, loader = acc.prepare(unet, opt, loader)
     ema = loop.make_ema(acc.unwrap_model(unet), cfg.ema_decay)
 

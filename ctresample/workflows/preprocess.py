@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AIR_HU", "clip_padding", "resample_to_grid"]
+__all__ = ["AIR_HU", "clip_padding", "grid_pixel_size", "resample_to_grid"]
 
 AIR_HU = -1024.0
 
@@ -63,24 +63,36 @@ def resample_to_grid(
         x = x[None]
     if x.ndim != 3:
         raise ValueError(f"hu_slices must be (Z, H, W) or (H, W), got shape {tuple(x.shape)}")
+    z, h, w = x.shape
+    p = grid_pixel_size((h, w), pixel_spacing, size, fov_mm)
+    rs, cs = _spacing(pixel_spacing)
+    size = int(size)
+    out = np.empty((z, size, size), dtype=np.float32)
+    for start in range(0, z, 16):  # bounded memory for 512x512 stacks
+        out[start : start + 16] = _resample_chunk(x[start : start + 16], rs, cs, p, size, pad_value).numpy()
+    return out, p
+
+
+def _spacing(pixel_spacing) -> tuple[float, float]:
     if np.isscalar(pixel_spacing):
         rs = cs = float(pixel_spacing)
     else:
         rs, cs = (float(v) for v in pixel_spacing)
     if not (rs > 0 and cs > 0):
         raise ValueError(f"pixel_spacing must be positive mm, got {pixel_spacing!r}")
-    size = int(size)
-    if size < 1:
+    return rs, cs
+
+
+def grid_pixel_size(shape_hw, pixel_spacing, size: int = 256, fov_mm: float | None = None) -> float:
+    """The pixel size (mm) :func:`resample_to_grid` gives slices of ``shape_hw`` (without resampling them)."""
+    rs, cs = _spacing(pixel_spacing)
+    if int(size) < 1:
         raise ValueError(f"size must be >= 1, got {size}")
-    z, h, w = x.shape
+    h, w = shape_hw
     fov = float(fov_mm) if fov_mm is not None else max(h * rs, w * cs)
     if not fov > 0:
         raise ValueError(f"fov_mm must be positive, got {fov_mm!r}")
-    p = fov / size
-    out = np.empty((z, size, size), dtype=np.float32)
-    for start in range(0, z, 16):  # bounded memory for 512x512 stacks
-        out[start : start + 16] = _resample_chunk(x[start : start + 16], rs, cs, p, size, pad_value).numpy()
-    return out, p
+    return fov / int(size)
 
 
 def _triangle_kernel(scale: float) -> torch.Tensor:

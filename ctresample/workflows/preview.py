@@ -46,6 +46,8 @@ def preview_slices(n: int, k: int = PREVIEW_SLICES) -> list[int]:
 def volume_metrics(image: np.ndarray, truth: np.ndarray) -> dict:
     """PSNR/SSIM/RMSE of every slice of ``image`` against ``truth`` (both ``(Z, H, W)`` HU) and their means.
 
+    Either may be a :class:`~ctresample.io.LazySlices`: the slices are read one pair at a time.
+
     Returns ``{"psnr", "ssim", "rmse_hu"}`` (means over slices) and ``"per_slice"`` (a list of
     ``{"slice", "psnr", "ssim", "rmse_hu"}``).
     """
@@ -66,6 +68,8 @@ def write_preview(path, image: np.ndarray, *, truth: np.ndarray | None = None, t
                   metrics: dict | None = None) -> Path | None:
     """Write the preview JPEG of ``image`` (``(Z, H, W)`` HU) to ``path``, atomically.
 
+    Only the shown slices are read (``image`` and ``truth`` may be lazy stacks).
+
     Parameters
     ----------
     truth : ndarray, (Z, H, W), HU, optional
@@ -83,14 +87,16 @@ def write_preview(path, image: np.ndarray, *, truth: np.ndarray | None = None, t
     except ImportError:
         log.warning("%s: no preview written: matplotlib is not installed (pip install 'ctresample[diffusion]')", path)
         return None
-    image = np.asarray(image, dtype=np.float32)
     if truth is not None and metrics is None:
         metrics = volume_metrics(image, truth)
-    rows = preview_slices(image.shape[0])
+    n_slices = len(image)
+    rows = preview_slices(n_slices)
+    image = {k: np.asarray(image[k], dtype=np.float32) for k in rows}
+    truth = None if truth is None else {k: np.asarray(truth[k], dtype=np.float32) for k in rows}
     cols = ["soft tissue W400 L40", "lung W1500 L-600"]
     if truth is not None:
         cols += ["ground truth W400 L40", f"error (HU, +-{ERROR_RANGE_HU:.0f})"]
-    h, w = image.shape[1:]
+    h, w = image[rows[0]].shape
     panel = 1.9
     fig = Figure(figsize=(panel * len(cols), panel * len(rows) * h / w + 0.6), dpi=PREVIEW_DPI, layout="constrained")
     axes = fig.subplots(len(rows), len(cols), squeeze=False)
@@ -116,7 +122,7 @@ def write_preview(path, image: np.ndarray, *, truth: np.ndarray | None = None, t
         fig.colorbar(err_im, ax=axes[:, 3].tolist(), shrink=0.6, label="HU")
     head = title
     if metrics is not None:
-        head += (f"\nmean over {image.shape[0]} slice(s): PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}"
+        head += (f"\nmean over {n_slices} slice(s): PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}"
                  f", RMSE {metrics['rmse_hu']:.1f} HU")
     if head:
         fig.suptitle(head, fontsize=8)

@@ -251,7 +251,7 @@ def _truth_next_to(path: Path, n: int, shape, positions: np.ndarray) -> np.ndarr
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", CTReadWarning)
-                vol = read_image(cand)
+                vol = read_image(cand, lazy=True)
         except (InputError, OSError, ValueError, ImportError) as exc:
             log.debug("%s: ground truth not used (%s)", cand, exc)
             continue
@@ -281,7 +281,8 @@ def sinogram_source(study: Study, settings: ReconSettings) -> SinogramSource:
             truth=lambda: _truth_next_to(Path(study.path), stack.n_slices, stack.geometry.image_shape,
                                          stack.slice_positions),
         )
-    volume = read_image(study.path, series=study.series, strict=settings.strict)
+    # lazily: each batch of slices is read when it is simulated, the study is never held whole
+    volume = read_image(study.path, series=study.series, strict=settings.strict, lazy=True)
     sim = dataclasses.replace(settings.simulation, batch_size=settings.batch_size, formats=settings.formats)
     check_slices(volume, sim.formats)
     plan = plan_simulation(volume, study.out / "simulated", sim)
@@ -377,10 +378,14 @@ def reconstruct_study(study: Study, settings: ReconSettings) -> StudyResult:
 
 
 def _result_volume(files: ReconOutputs) -> np.ndarray | None:
-    """The reconstructed slices ``(Z, H, W)`` HU: the slice store, else the DICOM series, else the NIfTI."""
+    """The reconstructed slices ``(Z, H, W)`` HU: the slice store, else the DICOM series, else the NIfTI.
+
+    Store and DICOM series are read lazily (:class:`~ctresample.io.LazySlices`), slice by slice
+    when used; a NIfTI is read whole.
+    """
     n = files.source.n_slices
     if files.store.complete():
-        return files.store.stack()
+        return files.store.slices()
     cands = []
     if files.dicom is not None and all(files.dicom.has(k) for k in range(n)):
         cands.append(files.dicom.folder)
@@ -390,7 +395,7 @@ def _result_volume(files: ReconOutputs) -> np.ndarray | None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", CTReadWarning)
-                return read_image(c).hu
+                return read_image(c, lazy=True).hu
         except (InputError, OSError, ValueError, ImportError) as exc:
             log.debug("%s: not read back (%s)", c, exc)
     return None
@@ -450,7 +455,7 @@ def _finalize(files: ReconOutputs, settings: ReconSettings, fp: dict, study_name
             metrics = _metrics(image, truth)
             pos = src.slice_positions
             if "nifti" in formats and not nii.exists() and files.std_store.complete():
-                write_nifti_volume(nii_std, files.std_store.stack(), src.affine, slice_positions=pos)
+                write_nifti_volume(nii_std, files.std_store.slices(), src.affine, slice_positions=pos)
             if settings.save_samples and not files.nifti_samples.exists():
                 samples = files.sample_store.stack().transpose(1, 0, 2, 3)  # (Z, K, H, W) -> (K, Z, H, W)
                 write_nifti_samples(files.nifti_samples, samples, src.affine, slice_positions=pos)
@@ -473,10 +478,8 @@ def _finalize(files: ReconOutputs, settings: ReconSettings, fp: dict, study_name
             }
             atomic_write_text(run_json, json.dumps(run, indent=1, default=json_default))
             if "nifti" in formats and not nii.exists():
-                # the NIfTI last: its presence means the study is complete
-                # the image read above is the store's stack: write it, not a second copy of the volume
-                volume = image if image is not None and files.store.complete() else files.store.stack()
-                write_nifti_volume(nii, volume, src.affine, slice_positions=pos)
+                # the NIfTI last: its presence means the study is complete; written slice by slice
+                write_nifti_volume(nii, files.store.slices(), src.affine, slice_positions=pos)
             files.remove_parts()
         finally:
             (partial / "finalize.lock").unlink(missing_ok=True)

@@ -19,7 +19,7 @@ import torch
 
 from operators import ParallelBeamGeometry
 
-from ..io import ImageVolume, InputError, check_geometry, read_image
+from ..io import ImageVolume, InputError, LazySlices, check_geometry, is_lazy, read_image
 from ..io.volume import grid_affine
 from ..io.writers import (
     DicomSeriesWriter,
@@ -30,7 +30,7 @@ from ..io.writers import (
 )
 from ..utils import derive_seed, progress
 from .distributed import dist_info, my_batches
-from .preprocess import clip_padding, resample_to_grid
+from .preprocess import clip_padding, grid_pixel_size, resample_to_grid
 from .settings import SimulationSettings
 from .simulation import add_noise, simulate_sinogram
 from .store import PROCESS_START, RunLock, claim_settings, fingerprint, open_study_folder, try_lock
@@ -63,7 +63,7 @@ class SimulationPlan:
     """
 
     metadata: dict  # the input volume's (ImageVolume.metadata); its pixels are not kept, the grid is
-    grid: np.ndarray  # (Z, size, size) HU
+    grid: np.ndarray  # (Z, size, size) HU; a LazySlices (resampled batch by batch) for a lazily read input
     geometry: ParallelBeamGeometry
     affine: np.ndarray
     settings: SimulationSettings
@@ -142,9 +142,22 @@ class SimulationPlan:
 
 
 def plan_simulation(volume: ImageVolume, folder: Path, sim: SimulationSettings) -> SimulationPlan:
-    """The simulation of ``volume`` into ``folder`` (nothing is written: see :meth:`SimulationPlan.open`)."""
-    hu = clip_padding(volume.hu)
-    grid, p = resample_to_grid(hu, volume.pixel_spacing, size=sim.size, fov_mm=sim.fov_mm)
+    """The simulation of ``volume`` into ``folder`` (nothing is written: see :meth:`SimulationPlan.open`).
+
+    A volume read lazily (``read_image(..., lazy=True)``) gives a lazy grid: each batch of
+    slices is read and resampled when it is simulated, so the study is never held whole.
+    """
+    spacing = volume.pixel_spacing
+    if is_lazy(volume.hu):
+        source = volume.hu
+
+        def load(idx):
+            return resample_to_grid(clip_padding(source[idx]), spacing, size=sim.size, fov_mm=sim.fov_mm)[0]
+
+        grid = LazySlices(volume.n_slices, (sim.size, sim.size), load)
+        p = grid_pixel_size(volume.hu.shape[1:], spacing, sim.size, sim.fov_mm)
+    else:
+        grid, p = resample_to_grid(clip_padding(volume.hu), spacing, size=sim.size, fov_mm=sim.fov_mm)
     geometry = sim.geometry(p)
     # the grid only changes the in-plane sampling: every slice keeps its position along the normal
     affine = grid_affine(volume.affine, volume.hu.shape[1:], volume.pixel_spacing, sim.size, p)
@@ -172,7 +185,8 @@ def simulate_batch(plan: SimulationPlan, idx: list[int], device: str = "cpu") ->
     """Sinograms of slices ``idx`` as stored in the files (writes the files that are missing)."""
     plan.open()
     sim = plan.settings
-    x = torch.from_numpy(plan.grid[idx]).to(device)[:, None]
+    truth = plan.grid[idx]  # (B, size, size): read (and resampled) once per batch when the grid is lazy
+    x = torch.from_numpy(truth).to(device)[:, None]
     clean = simulate_sinogram(x, plan.geometry, mu_water=sim.mu_water)
     out = []
     for n, k in enumerate(idx):
@@ -185,9 +199,9 @@ def simulate_batch(plan: SimulationPlan, idx: list[int], device: str = "cpu") ->
         else:
             stored = dequantize(*quantize(y))
         if plan.gt_writer is not None and not plan.gt_writer.has(k):
-            plan.gt_writer.write(k, plan.grid[k])
+            plan.gt_writer.write(k, truth[n])
         if "nifti" in sim.formats and not plan.gt_store.has(k) and not (plan.folder / "ground_truth.nii.gz").exists():
-            plan.gt_store.put(k, plan.grid[k])
+            plan.gt_store.put(k, truth[n])
         out.append(torch.from_numpy(stored))
     return torch.stack(out)[:, None]
 
@@ -205,7 +219,7 @@ def finalize_simulation(plan: SimulationPlan) -> list[str]:
             if try_lock(lock, PROCESS_START):
                 try:
                     if not nii.exists():
-                        write_nifti_volume(nii, plan.gt_store.stack(), plan.affine,
+                        write_nifti_volume(nii, plan.gt_store.slices(), plan.affine,
                                            slice_positions=plan.slice_positions)
                     plan.gt_store.remove()
                 finally:
@@ -222,10 +236,10 @@ def simulate_study(study: Study, sim: SimulationSettings, *, device: str = "cpu"
     if study.kind == "error":
         raise InputError(study.error, path=study.path)
     # read and check the input before anything is created under OUT
-    volume = read_image(study.path, series=study.series, strict=strict)
+    volume = read_image(study.path, series=study.series, strict=strict, lazy=True)  # read batch by batch
     check_slices(volume, sim.formats)
     plan = plan_simulation(volume, study.out, sim)
-    del volume  # the plan holds the grid; the input's pixels are not needed again
+    del volume  # the plan holds the grid (or, for a lazy input, what it needs to read each batch)
     open_study_folder(study.out)
     written: list[int] = []
     with RunLock(study.out / ".ctresample", "simulation", rank, world, study.out):

@@ -96,6 +96,8 @@ def test_presets_load():
     a = load_config(AutoencoderTrainConfig, "train_autoencoder")
     d = load_config(DiffusionTrainConfig, preset_path("train_diffusion"))
     load_config(DiffusionTrainConfig, "train_diffusion_finetune")
+    ft = load_config(AutoencoderTrainConfig, "train_decoder_finetune")
+    assert ft.freeze_encoder and ft.init_vae and ft.balance_subjects > 0
     assert isinstance(a.augment, Augment) and a.vae["latent_channels"] >= 3
     assert d.autoencoder.endswith("vae")
     with pytest.raises(ValueError, match="unknown"):
@@ -140,3 +142,38 @@ def test_sample_timesteps_mixture():
         sample_timesteps(4, 1000, 1.5)
     with pytest.raises(ValueError, match="low_noise_max_t"):
         sample_timesteps(4, 1000, 0.5, 0)
+
+
+def test_slice_loader_balances_subjects():
+    from ctresample.training.data import slice_loader
+
+    # subject 0 has 9 slices, subject 1 one; the dataset repeats the 10 slices 4 times
+    subject = np.array([0] * 9 + [1])
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, i):
+            return torch.tensor(i % 10)
+
+    torch.manual_seed(0)
+    drawn = torch.cat([b for _ in range(50) for b in slice_loader(Items(), 8, subject, balance=1.0)])
+    share = float((drawn == 9).float().mean())
+    assert 0.42 < share < 0.58, share          # balance 1: each subject half the draws
+    plain = torch.cat([b for _ in range(50) for b in slice_loader(Items(), 8)])
+    assert 0.06 < float((plain == 9).float().mean()) < 0.14   # unbalanced: 1 slice in 10
+    with pytest.raises(ValueError, match="subject index"):
+        slice_loader(Items(), 8, None, balance=0.5)
+
+
+def test_autoencoder_balance_needs_matching_subjects(tmp_path):
+    hu = phantoms(4, 32)
+    with pytest.raises(ValueError, match="train_subject has 3 entries for 4"):
+        train_autoencoder(None, train_hu=hu, val_hu=hu[:2], train_subject=np.array([0, 0, 1]), progress=False,
+                          vae=TINY_VAE, image_size=32, crop=None, batch_size=4, max_steps=2, balance_subjects=0.5,
+                          num_threads=1, output_dir=str(tmp_path / "ae"))
+    s = train_autoencoder(None, train_hu=hu, val_hu=hu[:2], train_subject=np.array([0, 0, 0, 1]), progress=False,
+                          vae=TINY_VAE, image_size=32, crop=None, batch_size=4, max_steps=3, balance_subjects=0.5,
+                          val_every=1000, num_threads=1, output_dir=str(tmp_path / "ae2"))
+    assert s["steps"] == 3

@@ -216,3 +216,29 @@ def test_two_processes_write_each_slice_once(make_dicom_series, tmp_path):
     single = ReconSettings(method="fbp", batch_size=1, simulation=SimulationSettings(views=9, size=16), quiet=True)
     run_reconstruct(s["folder"], tmp_path / "single", single)
     np.testing.assert_allclose(_nii(out / "fbp.nii.gz"), _nii(tmp_path / "single" / "fbp.nii.gz"), atol=1e-3)
+
+
+def test_a_dicom_study_is_streamed_never_held_whole(make_dicom_series, tmp_path, monkeypatch):
+    """Image series -> simulate -> reconstruct -> NIfTI/DICOM/preview/metrics without stacking the study."""
+    from ctresample.io import LazySlices
+    from ctresample.io.writers import SliceStore
+
+    s = make_dicom_series(n_slices=7)
+    settings = ReconSettings(method="fbp", simulation=SIM, quiet=True, batch_size=2)
+    run_reconstruct(s["folder"], tmp_path / "ref", settings)  # the same run, for comparison
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the whole study was assembled in memory")
+
+    monkeypatch.setattr(LazySlices, "__array__", refuse)
+    monkeypatch.setattr(SliceStore, "stack", refuse)
+    res = run_reconstruct(s["folder"], tmp_path / "out", settings)
+    assert [r.status for r in res] == ["ok"], res[0].error
+    out = tmp_path / "out"
+    np.testing.assert_array_equal(_nii(out / "fbp.nii.gz"), _nii(tmp_path / "ref" / "fbp.nii.gz"))
+    np.testing.assert_array_equal(_nii(out / "simulated" / "ground_truth.nii.gz"),
+                                  _nii(tmp_path / "ref" / "simulated" / "ground_truth.nii.gz"))
+    run = json.loads((out / "fbp.run.json").read_text())
+    assert len(run["metrics"]["per_slice"]) == 7
+    assert run["metrics"]["psnr"] == json.loads((tmp_path / "ref" / "fbp.run.json").read_text())["metrics"]["psnr"]
+    assert (out / "fbp_preview.jpg").stat().st_size > 1000
