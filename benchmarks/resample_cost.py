@@ -247,11 +247,13 @@ def run(args) -> list[dict]:
                 prior = LatentDiffusionPrior.tiny(seed=0, image_size=size).requires_grad_(False).to(device)
                 fields = set(spec.config_class().__dataclass_fields__)
                 kw = {**{k: v for k, v in QUICK_OVERRIDES.items() if k in fields}, **kw}
+                if args.channels_last:
+                    prior.use_channels_last()
             else:
                 cfg = spec.load_config(r.config)
-                prior = load_prior(getattr(cfg, "prior", None), device)
-            if args.channels_last:
-                prior.use_channels_last()
+                # the layout the method would load (its config's channels_last, or an override), or --channels-last
+                layout = bool(kw.get("channels_last", getattr(cfg, "channels_last", False))) or args.channels_last
+                prior = load_prior(getattr(cfg, "prior", None), device, channels_last=layout)
         for b in batches:
             row = profile_method(r, prior, geom, sino, b, device, overrides=kw, unet_repeat=args.unet_repeat)
             row.pop("image")
@@ -277,7 +279,8 @@ def main(argv=None) -> int:
     p.add_argument("--unet-repeat", type=int, default=3)
     p.add_argument("--quick", action="store_true", help=f"tiny random prior at {QUICK_SIZE}x{QUICK_SIZE}, few steps")
     p.add_argument("--channels-last", action="store_true",
-                   help="opt-in: the prior's networks in channels-last layout (faster, not bit-identical)")
+                   help="the prior's networks in channels-last layout also for methods whose config does not ask "
+                        "for it (ReSample's does by default; --override channels_last=false for the other layout)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     if args.threads:

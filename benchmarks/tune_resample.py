@@ -64,7 +64,7 @@ def main(argv=None):
     combos = [(s, a) for s in lam_scales for a in anchors]
     slices = load_slices(args.data or default_data_root(), args.subjects, size=256, max_slices=args.max_slices)
     batches = _batches(slices, args.batch_size)
-    prior = load_prior(cfg.prior, torch.device("cpu"))
+    prior = load_prior(cfg.prior, torch.device("cpu"), channels_last=cfg.channels_last)
     print(len(slices), "slices,", len(batches), "batches", flush=True)
     cache = {}
     key = json.dumps({"cfg": repr(cfg), "n": len(slices), "views": args.views, "seed": args.seed})

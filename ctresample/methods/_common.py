@@ -14,10 +14,13 @@ from ..models.prior import load_prior
 from .output import ReconstructionOutput
 
 
-def resolve_prior(prior, path, device):
-    """``prior`` (an object, e.g. ``LatentDiffusionPrior.tiny()``, or a folder) wins over ``path``; on ``device``."""
+def resolve_prior(prior, path, device, channels_last: bool = False):
+    """``prior`` (an object, e.g. ``LatentDiffusionPrior.tiny()``, or a folder) wins over ``path``; on ``device``.
+
+    ``channels_last`` applies to a prior loaded from a folder; an object is used in the layout it has.
+    """
     if prior is None or isinstance(prior, (str, os.PathLike)):
-        return load_prior(path if prior is None else prior, device)
+        return load_prior(path if prior is None else prior, device, channels_last=channels_last)
     if prior.device != torch.device(device):
         prior = prior.to(device)
     return prior

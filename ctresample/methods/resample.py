@@ -89,6 +89,7 @@ class ResampleConfig:
     """Every knob of ReSample; presets in ``configs/resample*.yaml`` say what each trades off."""
 
     prior: str | None = None  # saved prior folder; None = the shipped ldm-ct-256
+    channels_last: bool = True  # the prior's networks in NHWC layout: ~20 % faster on CPU, values to ~0.01 HU
     num_inference_steps: int = 200  # DDIM steps (NFE per sample without warm start)
     eta: float = 0.0  # DDIM noise (0 deterministic DDIM, 1 DDPM-like)
     gamma: float = 40.0  # sigma_t^2 = gamma * DDPM variance (small: trust the prior, large: the data)
@@ -189,7 +190,7 @@ def weights_folder(cfg: ResampleConfig):
 def warm_up(cfg: ResampleConfig, device, kwargs: dict) -> None:
     """Load and cache the prior on ``device`` unless ``kwargs`` passes ``prior`` (registry: ``MethodSpec.warm_up``)."""
     if "prior" not in kwargs:
-        load_prior(cfg.prior, device)
+        load_prior(cfg.prior, device, channels_last=cfg.channels_last)
 
 
 # ----------------------------------------------------------------------------- Eq. 13
@@ -480,7 +481,7 @@ def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=Non
         cfg = load_config(ResampleConfig, cfg, overrides={"n_samples": int(n_samples)})
     y = sinogram.float()
     device = y.device
-    prior = _common.resolve_prior(prior, cfg.prior, device)
+    prior = _common.resolve_prior(prior, cfg.prior, device, cfg.channels_last)
     _common.check_geometry(prior, geometry)
     A = projector_for(geometry, device)
     batch, k = y.shape[0], int(cfg.n_samples)

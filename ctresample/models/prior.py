@@ -354,10 +354,15 @@ class LatentDiffusionPrior(torch.nn.Module):
 _PRIORS: dict = {}
 
 
-def load_prior(path=None, device=None) -> LatentDiffusionPrior:
-    """The prior saved at ``path`` (``None``: the shipped default), loaded once per device and cached."""
+def load_prior(path=None, device=None, *, channels_last: bool = False) -> LatentDiffusionPrior:
+    """The prior saved at ``path`` (``None``: the shipped default), loaded once per device and cached.
+
+    ``channels_last``: a copy in channels-last layout (:meth:`LatentDiffusionPrior.use_channels_last`),
+    cached apart from the default-layout one, so callers that ask for either never change the other's.
+    """
     device = torch.device(device or "cpu")
-    key = (None if path is None else str(path), str(device))
+    key = (None if path is None else str(path), str(device), bool(channels_last))
     if key not in _PRIORS:
-        _PRIORS[key] = LatentDiffusionPrior.from_pretrained(path, device=device)
+        prior = LatentDiffusionPrior.from_pretrained(path, device=device)
+        _PRIORS[key] = prior.use_channels_last() if channels_last else prior
     return _PRIORS[key]

@@ -129,3 +129,23 @@ def test_channels_last_is_opt_in_and_close():
         assert a.shape == b.shape
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-3 * float(a.abs().max()))
         assert torch.equal(c, a)
+
+
+def test_load_prior_caches_each_layout_apart(tmp_path):
+    from ctresample.models.prior import load_prior
+
+    LatentDiffusionPrior.tiny(seed=4).save_pretrained(tmp_path / "tiny")
+    plain = load_prior(tmp_path / "tiny")
+    fast = load_prior(tmp_path / "tiny", channels_last=True)
+    assert fast is not plain and fast is load_prior(tmp_path / "tiny", channels_last=True)
+    assert plain is load_prior(tmp_path / "tiny")
+    assert plain.memory_format == torch.contiguous_format and fast.memory_format == torch.channels_last
+    assert plain.vae.decoder.conv_in.weight.is_contiguous()  # asking for the fast one left this one alone
+
+
+def test_resample_preset_asks_for_channels_last():
+    from ctresample.config import load_config
+    from ctresample.methods.resample import ResampleConfig
+
+    assert load_config(ResampleConfig, "resample").channels_last is True
+    assert load_config(ResampleConfig, {"channels_last": False}).channels_last is False
