@@ -320,7 +320,7 @@ clipped to the window; SSIM = `skimage.metrics.structural_similarity`), per slic
 | slices | n | PSNR dB, mean | PSNR dB, pooled | SSIM, mean | RMSE HU |
 |---|---|---|---|---|---|
 {row('test subject (`example_ct_dicom`)', rt)}
-{row('validation subject (GE head)', rv)}
+{row('validation split (`configs/data_split.yaml`)', rv)}
 {row('bundled `data/sample_ct`', rs)}
 
 Target of the issue: PSNR >= 38 dB on the test subject. This round trip bounds what any
