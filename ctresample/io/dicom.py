@@ -348,11 +348,11 @@ def _read_dicom_series(source: Path, series, strict: bool, files, notes: list[st
             continue
         if first_ds is None:
             first_ds = ds
-        if lazy:  # checked now, decoded again when asked for: keep the shape, not the pixels
-            for sl in got:
-                if not np.isfinite(sl.pixels).all():
-                    raise DicomReadError(f"{path}: pixel data hold NaN or Inf values", path=path)
-                sl.pixels = np.broadcast_to(np.float32(0), sl.pixels.shape)
+        if lazy and len(got) == 1:  # checked now, decoded again when asked for: keep the shape, not the pixels
+            # (a multi-frame file keeps its frames: decoding one frame means decoding the file)
+            if not np.isfinite(got[0].pixels).all():
+                raise DicomReadError(f"{path}: pixel data hold NaN or Inf values", path=path)
+            got[0].pixels = np.broadcast_to(np.float32(0), got[0].pixels.shape)
         slices.extend(got)
     if not slices:
         raise DicomReadError(f"{source}: no readable DICOM slice ({len(files)} file(s), all skipped)", path=source)
@@ -438,8 +438,11 @@ def _read_dicom_series(source: Path, series, strict: bool, files, notes: list[st
         pos = np.arange(len(slices), dtype=np.float64) * float(np.linalg.norm(step))
     affine = affine_from_dicom(ori, first, spacing, step)
     if lazy:
-        hu = LazySlices(len(slices), slices[0].pixels.shape, _pixel_loader([(s.path, s.frame) for s in slices],
-                                                                           slices[0].pixels.shape, strict))
+        for sl in slices:  # frames of multi-frame files are kept: check them as the eager path does
+            if sl.pixels.strides != (0, 0) and not np.isfinite(sl.pixels).all():
+                raise DicomReadError(f"{sl.path}: pixel data hold NaN or Inf values", path=sl.path)
+        refs = [(s.path, s.frame, None if s.pixels.strides == (0, 0) else s.pixels) for s in slices]
+        hu = LazySlices(len(slices), slices[0].pixels.shape, _pixel_loader(refs, slices[0].pixels.shape, strict))
     else:
         hu = np.stack([s.pixels for s in slices]).astype(np.float32)
         if not np.isfinite(hu).all():
@@ -464,14 +467,21 @@ def _read_dicom_series(source: Path, series, strict: bool, files, notes: list[st
     return vol
 
 
-def _pixel_loader(refs: list[tuple[Path, int]], shape_hw, strict: bool):
-    """``load(indices)`` of a lazy series: decodes the files of those slices (``refs``: (file, frame) per slice)."""
+def _pixel_loader(refs: list[tuple], shape_hw, strict: bool):
+    """``load(indices)`` of a lazy series: decodes the files of those slices.
+
+    ``refs`` holds ``(file, frame, pixels)`` per slice; ``pixels`` is None for a single-frame
+    file (decoded again when asked for) and the kept frame of a multi-frame file.
+    """
 
     def load(idx: list[int]) -> np.ndarray:
         out = np.empty((len(idx), *shape_hw), np.float32)
         by_file: dict[Path, list[tuple[int, int]]] = {}
         for n, k in enumerate(idx):
-            path, frame = refs[k]
+            path, frame, kept = refs[k]
+            if kept is not None:
+                out[n] = kept
+                continue
             by_file.setdefault(path, []).append((n, frame))
         for path, items in by_file.items():
             with warnings.catch_warnings():  # warned about when the series was read

@@ -80,6 +80,10 @@ def test_single_file_and_multiframe(make_dicom_series, tmp_path):
     ds.save_as(path)
     vol = read_image(path)
     np.testing.assert_array_equal(vol.hu, s["hu"])
+    # lazily: a multi-frame file keeps its frames (one decode), indexed like the eager stack
+    lazy = read_image(path, lazy=True)
+    path.write_bytes(b"gone")  # nothing is decoded again
+    np.testing.assert_array_equal(lazy.hu[[2, 0]], s["hu"][[2, 0]])
 
 
 def test_npy_and_nifti_roundtrip(tmp_path, make_dicom_series):
