@@ -82,3 +82,22 @@ def timeit(fn, repeat: int = 5, warmup: int = 1, device: str = "cpu") -> float:
 
 def fmt_mb(n: int) -> str:
     return f"{n / 2**20:.1f}"
+
+
+def tuning_parser(description: str, threads: int = 1):
+    """The arguments every tuning script shares: the validation slices and settings ``ctresample evaluate`` uses.
+
+    ``--data``, ``--subjects`` (default validation), ``--views`` (25), ``--noise`` (clean and
+    gaussian:0.01), ``--max-slices``, ``--threads`` (``threads``) and ``--seed``; the script adds its own.
+    """
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data", default=None)
+    p.add_argument("--subjects", default="validation")
+    p.add_argument("--views", type=int, default=25)
+    p.add_argument("--noise", default="none,gaussian:0.01")
+    p.add_argument("--max-slices", type=int, default=None)
+    p.add_argument("--threads", type=int, default=threads)
+    p.add_argument("--seed", type=int, default=0)
+    return p

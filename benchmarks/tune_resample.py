@@ -11,8 +11,8 @@ Slices, noise and generator seeds are those of ``ctresample evaluate`` (same fig
 """
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,22 +20,18 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import tuning_parser  # noqa: E402
+
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data", default=None)
-    p.add_argument("--subjects", default="validation")
-    p.add_argument("--views", type=int, default=25)
-    p.add_argument("--noise", default="none,gaussian:0.01")
+    p = tuning_parser(__doc__, threads=2)
     p.add_argument("--config", default="resample", help="ReSample preset or YAML for the chain")
     p.add_argument("--set", action="append", default=[], help="chain config override key=value (YAML value)")
     p.add_argument("--lam-scales", default="0.5,1")
     p.add_argument("--anchors", default="0,0.003,0.01,0.03,0.1")
     p.add_argument("--final-iterations", type=int, default=300)
-    p.add_argument("--max-slices", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=None, help="npz of the chains' D(z_0) (reused when it matches)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)

@@ -9,27 +9,24 @@ with the evaluation's own slice selection and seeded noise, so the figures are c
 """
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import tuning_parser  # noqa: E402
+
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data", default=None)
-    p.add_argument("--subjects", default="validation")
-    p.add_argument("--views", type=int, default=25)
-    p.add_argument("--noise", default="none,gaussian:0.01")
+    p = tuning_parser(__doc__, threads=1)
     p.add_argument("--lams", default="1e-5,3e-5,1e-4,2e-4,5e-4,1e-3,2e-3,5e-3")
     p.add_argument("--iterations", type=int, default=500)
     p.add_argument("--tol", type=float, default=1e-5)
-    p.add_argument("--max-slices", type=int, default=None)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

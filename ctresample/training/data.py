@@ -121,13 +121,13 @@ def load_cache(path) -> dict:
                 "info": json.loads(str(f["info"]))}
 
 
-def subject_weights(subject: np.ndarray, balance: float, copies: int = 1) -> torch.Tensor | None:
-    """Sampling weight of every latent: ``n_s ** -balance`` for a slice of a subject with ``n_s`` slices.
+def subject_weights(subject: np.ndarray, balance: float) -> torch.Tensor | None:
+    """Sampling weight of every slice: ``n_s ** -balance`` for a slice of a subject with ``n_s`` slices.
 
-    ``subject`` (N,) holds the subject index of each cached slice; the latents are ``copies``
-    encodings (or augmented copies) of those N slices in order (copy-major). ``balance = 0`` returns ``None`` (plain
-    shuffling); 1 gives every subject the same share of the batches; 0.5 a share growing with
-    the square root of its slice count.
+    ``subject`` (N,) holds the subject index of each cached slice (:func:`slice_loader` maps a
+    dataset's items onto them). ``balance = 0`` returns ``None`` (plain shuffling); 1 gives every
+    subject the same share of the batches; 0.5 a share growing with the square root of its slice
+    count.
     """
     if not 0.0 <= balance <= 1.0:
         raise ValueError(f"balance_subjects must be in [0, 1], got {balance}")
@@ -136,7 +136,7 @@ def subject_weights(subject: np.ndarray, balance: float, copies: int = 1) -> tor
     subject = np.asarray(subject)
     counts = np.bincount(subject)
     w = counts[subject].astype(np.float64) ** -balance
-    return torch.as_tensor(np.tile(w, copies), dtype=torch.double)
+    return torch.as_tensor(w, dtype=torch.double)
 
 
 def slice_loader(ds, batch_size: int, subject: np.ndarray | None = None,

@@ -7,7 +7,7 @@ Measures on the held-out **test** subject of ``configs/data_split.yaml`` (and th
 subject): the autoencoder round trip ``D(E(x))`` -- PSNR and SSIM on the HU window
 [-1024, 3071] scaled to [0, 1] (data range 1; decoded values clipped to the window) and RMSE
 in HU -- and draws unconditional DDIM samples next to real slices. Writes ``metrics.json``,
-``samples.png`` and ``roundtrip.png`` into the output folder (default: the prior's folder).
+``samples.jpg`` and ``roundtrip.jpg`` into the output folder (default: the prior's folder).
 """
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ import torch
 from ..hu_window import clip_hu, hu_to_zero_one
 from ..metrics import psnr_from_mse
 from ..models.prior import DEFAULT_PRETRAINED, LatentDiffusionPrior
+
+#: the card's figures are JPEG: a few hundred kB as PNG, about 100 kB like this
+FIGURE_JPEG = {"quality": 85, "optimize": True}
 
 __all__ = ["roundtrip_metrics", "sample_unconditional", "ship", "make_figures", "write_card", "main"]
 
@@ -173,7 +176,7 @@ def make_figures(prior_path=None, out=None, data_root=None, split_file=None, n_s
     for a in ax.flat:
         a.set_xticks([]), a.set_yticks([])
     fig.colorbar(im, ax=ax[:, 2], shrink=0.6)
-    fig.savefig(out / "roundtrip.png", bbox_inches="tight")
+    fig.savefig(out / "roundtrip.jpg", bbox_inches="tight", pil_kwargs=FIGURE_JPEG)
     plt.close(fig)
 
     # samples next to real slices
@@ -203,7 +206,7 @@ def make_figures(prior_path=None, out=None, data_root=None, split_file=None, n_s
         a.set_title(f"sample {k} (DDIM {steps})", fontsize=7)
     fig.suptitle("top: real slices; below: unconditional samples of the prior (W 2000 / L 0)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "samples.png", bbox_inches="tight")
+    fig.savefig(out / "samples.jpg", bbox_inches="tight", pil_kwargs=FIGURE_JPEG)
     plt.close(fig)
     metrics["sample_stats_hu"] = {"mean": float(samples.mean()), "p1": float(np.percentile(samples, 1)),
                                   "p99": float(np.percentile(samples, 99))}
@@ -237,7 +240,7 @@ def write_card(metrics: dict, path) -> Path:
     Hand-written text between the observation markers of an existing card is kept.
     """
     path = Path(path)
-    notes = "_(what the sample grid shows: to be written after looking at samples.png)_"
+    notes = "_(what the sample grid shows: to be written after looking at samples.jpg)_"
     if path.exists():
         old = path.read_text()
         if _NOTES_BEGIN in old and _NOTES_END in old:
@@ -263,8 +266,8 @@ The default prior of `ctresample` (`LatentDiffusionPrior.from_pretrained()`): a 
 `UNet2DModel` on its latents, with a DDIM scheduler (T = 1000). Trained from scratch on the
 CT collection of `../shared/data/ct` (see its `SOURCES.md`); stored in float16 safetensors,
 {metrics['size_mb']:.1f} MB in total; loaded in float32. Every figure below was measured by
-`python -m ctresample.training.model_card` (it writes `metrics.json`, `roundtrip.png` and
-`samples.png` next to this card).
+`python -m ctresample.training.model_card` (it writes `metrics.json`, `roundtrip.jpg` and
+`samples.jpg` next to this card).
 
 ## Intended use and limits
 A prior for sparse-view CT reconstruction with ReSample/latent DPS on 256x256 axial slices
@@ -324,11 +327,11 @@ clipped to the window; SSIM = `skimage.metrics.structural_similarity`), per slic
 {row('bundled `data/sample_ct`', rs)}
 
 Target of the issue: PSNR >= 38 dB on the test subject. This round trip bounds what any
-latent reconstruction method using this prior can reach. `roundtrip.png`: originals, round
+latent reconstruction method using this prior can reach. `roundtrip.jpg`: originals, round
 trips and error maps of three test slices.
 
 ## Unconditional samples
-`samples.png`: top row real slices (train subjects, the test and the validation subject); below,
+`samples.jpg`: top row real slices (train subjects, the test and the validation subject); below,
 {smp.get('n', 'n/a')} unconditional samples (DDIM,
 {smp.get('ddim_steps', 'n/a')} steps, eta 0, seed {smp.get('seed', 'n/a')};
 {smp.get('seconds', 'n/a')} s for all on this CPU), all shown at W 2000 / L 0.

@@ -58,6 +58,6 @@ def test_card_keeps_hand_written_notes(tmp_path):
     card = write_card(m, tmp_path / "MODEL_CARD.md")
     text = card.read_text()
     assert "40.00" in text
-    card.write_text(text.replace("_(what the sample grid shows: to be written after looking at samples.png)_",
+    card.write_text(text.replace("_(what the sample grid shows: to be written after looking at samples.jpg)_",
                                  "hand notes"))
     assert "hand notes" in write_card(m, card).read_text()
