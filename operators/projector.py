@@ -198,11 +198,17 @@ class ParallelBeamProjector(nn.Module):
         n_det = g.n_detectors
         if not transpose:
             cols = t.reshape(n_batch, -1).to(cdt).T.contiguous()  # (H*W, N)
-            out = torch.empty(g.n_views * n_det, n_batch, dtype=cdt, device=t.device)
         else:
             cols = t.reshape(n_batch, g.n_views * n_det).to(cdt).T.contiguous()  # (V*D, N)
+        mats = self._matrices(cdt, transpose)
+        shape = (*lead, *(g.sinogram_shape if not transpose else g.image_shape))
+        if len(mats) == 1 and mats[0][1] is not None:  # one cached matrix: no output buffer to fill
+            return (mats[0][1] @ cols).T.reshape(shape).to(out_dtype)
+        if not transpose:
+            out = torch.empty(g.n_views * n_det, n_batch, dtype=cdt, device=t.device)
+        else:
             out = torch.zeros(g.image_shape[0] * g.image_shape[1], n_batch, dtype=cdt, device=t.device)
-        for sl, mat in self._matrices(cdt, transpose):
+        for sl, mat in mats:
             rays = slice(sl.start * n_det, sl.stop * n_det)
             if mat is None:
                 # Too large to cache: scatter the chunk's entries directly (no CSR sort).
@@ -216,7 +222,6 @@ class ParallelBeamProjector(nn.Module):
                 out[rays] = mat @ cols
             else:
                 out += mat @ cols[rays]
-        shape = (*lead, *(g.sinogram_shape if not transpose else g.image_shape))
         return out.T.reshape(shape).to(out_dtype)
 
 

@@ -102,3 +102,13 @@ def test_study_size_benchmark_runs(tmp_path, capsys):
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| fbp |")]
     assert [r.split("|")[3].strip() for r in rows] == ["2", "4"]
     assert all(float(r.split("|")[8]) > 50 for r in rows)  # MiB: a python with torch
+
+
+def test_tv_solver_benchmark_quick(capsys):
+    """benchmarks/tv_solver.py --quick: one row per batch, the fused loop within rounding of the textbook one."""
+    bench = _load("tv_solver")
+    assert bench.main(["--quick", "--threads", "1", "--batch-sizes", "1,2"]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and
+            line.split("|")[1].strip().isdigit()]
+    assert [r[1].strip() for r in rows] == ["1", "2"]
+    assert all(float(r[7]) < 0.05 for r in rows)  # HU

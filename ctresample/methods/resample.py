@@ -103,9 +103,10 @@ class ResampleConfig:
     sirt_iterations: int = 200  # SIRT iterations per consistency step (pixel_solver: sirt)
     tv_lambda: float = 2.1e-4  # TV weight of the TV solves (pixel_solver / warm_start: tv), as TVConfig.lam
     tv_lambda_per_sigma: float = 0.025  # added per unit of estimated sinogram noise std, as TVConfig.lam_per_sigma
-    tv_iterations: int = 100  # primal-dual iterations per consistency step (pixel_solver: tv)
-    tv_final_iterations: int | None = 300  # iterations of the final solve (None: tv_iterations)
+    tv_iterations: int = 50  # primal-dual iterations per consistency step (pixel_solver: tv)
+    tv_final_iterations: int | None = 150  # iterations of the final solve (None: tv_iterations)
     tv_final_lambda: float | None = 1.05e-4  # constant part of the final TV solve's weight (None: tv_lambda)
+    tv_warm_dual: bool = True  # start each TV solve's dual variables where the previous solve's ended
     anchor_weight: float = 0.0  # quadratic pull of each step's TV solve towards D(z0_hat), relative to the data term,
     anchor_weight_per_sigma: float = 0.35  # plus this per unit of estimated sinogram noise std (both 0: no pull)
     final_anchor_weight: float = 0.0  # the same for the final TV solve near D(z_0)
@@ -257,6 +258,7 @@ class _Consistency:
         self.pixel_threshold = eps_rule(cfg.pixel_eps)
         self.latent_threshold = eps_rule(cfg.latent_eps)
         self.tv_lam = None  # per-slice TV weights (pixel_solver: tv): steps, final solve, anchor; set on first use
+        self.tv_dual = None  # the last TV solve's dual variables (tv_warm_dual)
         self.decoder_calls = 0
         self.encoder_calls = 0
         self.inner = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
@@ -314,7 +316,10 @@ class _Consistency:
         key = "final" if final else "step"
         iterations = (cfg.tv_final_iterations or cfg.tv_iterations) if final else cfg.tv_iterations
         res = tv_least_squares(self.A, self.y, self.tv_lam[key], mu_water=cfg.mu_water, n_iterations=iterations,
-                               tol=0.0, lower=floor, x0=x0, anchor=x0, anchor_weight=self.tv_lam[key + "_anchor"])
+                               tol=0.0, lower=floor, x0=x0, anchor=x0, anchor_weight=self.tv_lam[key + "_anchor"],
+                               dual0=self.tv_dual)
+        if cfg.tv_warm_dual:  # the next solve differs in its start and anchor only: its duals start near
+            self.tv_dual = res.dual
         self.inner += res.iterations
         return mu_to_hu(res.x, self.cfg.mu_water)
 

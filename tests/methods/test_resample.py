@@ -222,8 +222,8 @@ def test_default_config_runs(tiny_prior, tiny_problem):
     assert out.info["nfe_per_sample"] == 25 and len(out.info["consistency_steps"]) == 25
     assert out.info["n_samples"] == 1 and out.info["nfe"] == 25  # one sample (TV consistency: samples agree)
     assert out.std is None
-    # TV consistency: 100 iterations at each of the 25 steps, 300 in the final solve
-    assert out.info["inner_iterations"] == [25 * 100 + 300] * y.shape[0]
+    # TV consistency: 50 iterations at each of the 25 steps, 150 in the final solve (warm duals)
+    assert out.info["inner_iterations"] == [25 * 50 + 150] * y.shape[0]
 
 
 def test_warm_start_skips_steps(tiny_prior, tiny_problem):
@@ -252,3 +252,34 @@ def test_tv_solver_and_tv_warm_start_in_the_loop(tiny_prior, tiny_problem):
     assert all(p < q for p, q in zip(a.info["data_residual"], plain.info["data_residual"], strict=True))
     with pytest.raises(ValueError, match="tv_lambda"):
         ctresample.reconstruct(y, geom, method="resample", config=dict(cfg, tv_lambda=-1.0), prior=tiny_prior)
+
+
+def test_tv_warm_dual_carries_each_solves_duals_to_the_next(tiny_prior, tiny_problem, monkeypatch):
+    """tv_warm_dual: every TV solve after the first starts from the duals the previous one ended with."""
+    import ctresample.methods.resample as rs
+
+    geom, hu, y = tiny_problem
+    cfg = dict(FAST, pixel_solver="tv", tv_iterations=4, tv_final_iterations=6, final_consistency="pixel")
+    calls = []
+    original = rs.tv_least_squares
+
+    def recording(*args, **kwargs):
+        res = original(*args, **kwargs)
+        calls.append((kwargs.get("dual0"), res.dual))
+        return res
+
+    monkeypatch.setattr(rs, "tv_least_squares", recording)
+    warm = ctresample.reconstruct(y, geom, method="resample", config=dict(cfg, tv_warm_dual=True),
+                                  generator=_gen(0), prior=tiny_prior)
+    n_solves = len(warm.info["consistency_steps"]) + 1
+    assert len(calls) == n_solves >= 3
+    assert calls[0][0] is None
+    assert all(calls[k][0] is calls[k - 1][1] for k in range(1, n_solves))
+    calls.clear()
+    cold = ctresample.reconstruct(y, geom, method="resample", config=dict(cfg, tv_warm_dual=False),
+                                  generator=_gen(0), prior=tiny_prior)
+    assert all(dual0 is None for dual0, _ in calls)
+    assert not torch.equal(warm.image, cold.image)
+    again = ctresample.reconstruct(y, geom, method="resample", config=dict(cfg, tv_warm_dual=True),
+                                   generator=_gen(0), prior=tiny_prior)
+    assert torch.equal(warm.image, again.image)
