@@ -25,6 +25,10 @@ network alone. Where a method runs ``n_samples`` trajectories per slice its UNet
 on ``batch x n_samples`` latents, so the table also gives ``ratio_run``: wall time over the
 UNet time actually spent inside the run.
 
+The allocator is set as the command-line tools set it (``ctresample.utils.tune_cpu_allocator``:
+glibc keeps freed memory for reuse) unless ``--allocator default``; ``--allocator compare``
+first runs the first method with glibc's own settings, then everything tuned, in one process.
+
 With ``--json FILE`` the rows are also written as JSON (the GPU check uses this).
 """
 from __future__ import annotations
@@ -219,6 +223,7 @@ def run(args) -> list[dict]:
     from ctresample.evaluation import parse_methods
     from ctresample.methods import method_spec
     from ctresample.models.prior import LatentDiffusionPrior, load_prior
+    from ctresample.utils import tune_cpu_allocator
     from ctresample.workflows.simulation import simulate_sinogram
     from operators import ParallelBeamGeometry, projector_for
 
@@ -238,7 +243,13 @@ def run(args) -> list[dict]:
         A.adjoint(A(torch.zeros(1, 1, size, size, device=device)))  # build the matrices before the clock
     overrides = _parse_overrides(args.override)
     rows = []
-    for r in runs:
+    allocator = getattr(args, "allocator", "tuned")
+    plan = [(r, allocator != "default") for r in runs]
+    if allocator == "compare":  # the first method with glibc's defaults first, then all with the CLI's settings
+        plan.insert(0, (runs[0], False))
+    for r, tuned in plan:
+        if tuned:
+            tune_cpu_allocator()
         spec = method_spec(r.method)
         prior = None
         kw = dict(overrides)
@@ -257,6 +268,9 @@ def run(args) -> list[dict]:
         for b in batches:
             row = profile_method(r, prior, geom, sino, b, device, overrides=kw, unet_repeat=args.unet_repeat)
             row.pop("image")
+            row["allocator"] = "tuned" if tuned else "glibc default"
+            if allocator == "compare" and not tuned:
+                row["method"] = f"{r.label} (glibc malloc defaults)"
             rows.append(row)
             print(f"  {device} {r.label} batch {b}: {row['wall']:.2f} s, ratio {row.get('ratio', float('nan')):.1f}",
                   file=sys.stderr, flush=True)
@@ -281,6 +295,10 @@ def main(argv=None) -> int:
     p.add_argument("--channels-last", action="store_true",
                    help="the prior's networks in channels-last layout also for methods whose config does not ask "
                         "for it (ReSample's does by default; --override channels_last=false for the other layout)")
+    p.add_argument("--allocator", choices=("tuned", "default", "compare"), default="tuned",
+                   help="tuned: glibc set to reuse freed memory, as the CLI does (ctresample.utils.tune_cpu_allocator);"
+                        " default: glibc's own settings; compare: the first method with glibc's settings first, "
+                        "then every method tuned (the ratio of the two rows is the allocator's gain)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     if args.threads:
@@ -291,6 +309,8 @@ def main(argv=None) -> int:
               f"torch {torch.__version__}, {torch.get_num_threads()} threads"
               + (" (--quick: tiny random prior, few steps)" if args.quick else "")
               + (", prior channels-last" if args.channels_last else "")
+              + {"tuned": ", allocator tuned", "default": ", glibc allocator defaults",
+                 "compare": ", first row with glibc allocator defaults, then tuned"}[args.allocator]
               + (f", overrides {_parse_overrides(args.override)}" if args.override else ""))
     print_table(rows, header)
     if args.json:

@@ -10,9 +10,12 @@ once with the package's own writers (``--format``: one NIfTI file, or a DICOM se
 file per slice), and ``ctresample reconstruct`` runs on it in a fresh process per method and
 count (25 views, clean, outputs NIfTI + DICOM, the preview and the run record, as a user
 gets them; ``--threads`` torch threads). Each process is timed and its peak resident set size
-read from ``os.wait4`` (the kernel's ``ru_maxrss`` of that child alone). The child runs with
-``MALLOC_MMAP_THRESHOLD_`` fixed (``--mmap-threshold``): with glibc's adaptive threshold,
-freed arrays may stay in the heap and the peak then varies by tens of MiB between runs. ``resample-tiny`` is
+read from ``os.wait4`` (the kernel's ``ru_maxrss`` of that child alone). The CLI sets glibc to
+keep freed memory for reuse (``ctresample.utils.tune_cpu_allocator``, as for a user), so the
+peak is the high-water mark of live memory plus what the heap keeps; with
+``CTRESAMPLE_CPU_ALLOCATOR=default`` in the environment the child runs with glibc's own
+settings and ``MALLOC_MMAP_THRESHOLD_`` fixed (``--mmap-threshold``; with glibc's adaptive
+threshold the peak varies by tens of MiB between runs). ``resample-tiny`` is
 ReSample with the tiny random test prior (``LatentDiffusionPrior.tiny`` saved to a temporary
 folder, at its own 32 x 32 grid, 16 DDIM steps): it checks the sampler's scaling, not its quality.
 

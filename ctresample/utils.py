@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["derive_seed", "json_default", "progress", "PlainProgress", "watch_interrupts", "interrupted"]
+__all__ = ["derive_seed", "json_default", "progress", "PlainProgress", "watch_interrupts", "interrupted",
+           "tune_cpu_allocator"]
 
 _INTERRUPTED = [False]
 
@@ -38,6 +39,49 @@ def watch_interrupts() -> None:
 def interrupted() -> bool:
     """Whether a Ctrl-C reached this process since :func:`watch_interrupts`."""
     return _INTERRUPTED[0]
+
+
+#: environment variable: ``default`` leaves glibc's allocator settings alone (:func:`tune_cpu_allocator`)
+ALLOCATOR_ENV = "CTRESAMPLE_CPU_ALLOCATOR"
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
+_ALLOCATOR_TUNED = [False]
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed tensor memory in the process for the next tensor instead of returning it to the OS.
+
+    On a CPU, torch allocates every intermediate of a network afresh from the C allocator.
+    glibc serves blocks above its mmap threshold (at most 32 MB, however it adapts) with a new
+    ``mmap`` and unmaps them when freed, so each decoder or encoder call on a batch of
+    256 x 256 slices maps, page-faults and zeroes its 50 MB activations again: about a third of
+    the call's time (``benchmarks/resample_cost.py --allocator compare``: the decoder 3.70 -> 2.39 s,
+    the encoder 1.57 -> 1.00 s per slice in ReSample at batch 8, 2 threads). This sets glibc's mmap
+    threshold to 1 GiB and its trim threshold to 2 GiB (``mallopt``), so such blocks come from
+    the heap and are reused. The cost is memory: what the process frees is kept, not given back,
+    until it exits, and the heap fragments, so the peak resident memory is higher (an FBP study
+    of 20 slices: 625 against 455 MiB; it stays flat in the study's size).
+
+    The command-line tools call it at start; a library user may call it once. A no-op (returns
+    False) where the C library is not glibc, or with ``CTRESAMPLE_CPU_ALLOCATOR=default``.
+    Returns whether the settings are in effect.
+    """
+    import ctypes
+    import os
+    import sys
+
+    if _ALLOCATOR_TUNED[0]:
+        return True
+    if os.environ.get(ALLOCATOR_ENV, "").strip().lower() == "default" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others: no glibc mallopt
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    _ALLOCATOR_TUNED[0] = bool(ok)
+    return _ALLOCATOR_TUNED[0]
 
 
 def derive_seed(seed: int, index: int) -> int:

@@ -112,3 +112,21 @@ def test_tv_solver_benchmark_quick(capsys):
             line.split("|")[1].strip().isdigit()]
     assert [r[1].strip() for r in rows] == ["1", "2"]
     assert all(float(r[7]) < 0.05 for r in rows)  # HU
+
+
+def test_resample_cost_compares_the_allocators(capsys):
+    """--allocator compare: the first method once with glibc's settings, then tuned, in one process."""
+    pytest.importorskip("diffusers")
+    bench = _load("resample_cost")
+    import json
+
+    out = REPO_ROOT / ".pytest_resample_cost_alloc.json"
+    try:
+        assert bench.main(["--quick", "--batch-sizes", "1", "--threads", "1", "--allocator", "compare",
+                           "--json", str(out)]) == 0
+        rows = json.loads(out.read_text())["rows"]
+    finally:
+        out.unlink(missing_ok=True)
+    assert [r["allocator"] for r in rows] == ["glibc default", "tuned"]
+    assert rows[0]["method"] == "resample (glibc malloc defaults)" and rows[1]["method"] == "resample"
+    assert rows[0]["nfe"] == rows[1]["nfe"]

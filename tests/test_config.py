@@ -63,5 +63,5 @@ def test_resample_fast_preset_differs_from_the_default_only_in_its_cost_keys():
 
     fast, default = load_config(ResampleConfig, "resample_fast"), load_config(ResampleConfig, "resample")
     changed = {f.name for f in dataclasses.fields(ResampleConfig) if getattr(fast, f.name) != getattr(default, f.name)}
-    assert changed == {"skip_interval", "tv_iterations", "tv_final_iterations", "warm_start_tv_iterations",
-                       "tv_warm_dual"}
+    assert changed == {"skip_interval", "tv_iterations", "warm_start_tv_iterations",
+                       "tv_warm_dual", "final_consistency"}

@@ -34,13 +34,17 @@ Algorithm (one trajectory per slice, all slices of the batch at once)::
         eps_hat = s_theta(z_{t+1}, t+1);  z0_hat = Tweedie(z_{t+1}, eps_hat)
         z'_t = sqrt(abar_t) z0_hat + sqrt(1 - abar_t - eta^2 delta^2) eps_hat + eta delta eps1
         if t in C:
-            pixel phase:  x_y = argmin_x ||y - A x||^2 near D(z0_hat)   (SIRT, CG or the authors' AdamW)
+            pixel phase:  x_y = argmin_x ||y - A x||^2 near D(z0_hat)   (TV, SIRT, CG or the authors' AdamW)
                           z0_y = E(x_y)
             latent phase: z0_y = argmin_z ||y - A(D(z))||^2 from z0_hat  (AdamW)
             z_t = StochasticResample(z0_y, z'_t, sigma_t^2)             # Eq. 13
         else:
             z_t = z'_t
     x_0 = D(z_0)   (optionally followed by one more consistency solve)
+
+Beyond the paper, ``final_consistency: last`` (the default) stops at the last step (t = 0) after
+its pixel solve, made with the final solve's settings (``tv_final_*``, ``final_anchor_*``), and
+returns ``x_0 = x_y``: no ``E``, resampling or ``D`` after it.
 
 The DDIM step is diffusers' ``DDIMScheduler.step`` on the prior's schedule
 (:meth:`~ctresample.models.prior.LatentDiffusionPrior.ddim_scheduler`, coefficients in float64),
@@ -104,14 +108,14 @@ class ResampleConfig:
     tv_lambda: float = 2.1e-4  # TV weight of the TV solves (pixel_solver / warm_start: tv), as TVConfig.lam
     tv_lambda_per_sigma: float = 0.025  # added per unit of estimated sinogram noise std, as TVConfig.lam_per_sigma
     tv_iterations: int = 50  # primal-dual iterations per consistency step (pixel_solver: tv)
-    tv_final_iterations: int | None = 150  # iterations of the final solve (None: tv_iterations)
+    tv_final_iterations: int | None = 100  # iterations of the final solve (None: tv_iterations)
     tv_final_lambda: float | None = 1.05e-4  # constant part of the final TV solve's weight (None: tv_lambda)
     tv_warm_dual: bool = True  # start each TV solve's dual variables where the previous solve's ended
     anchor_weight: float = 0.0  # quadratic pull of each step's TV solve towards D(z0_hat), relative to the data term,
     anchor_weight_per_sigma: float = 0.35  # plus this per unit of estimated sinogram noise std (both 0: no pull)
     final_anchor_weight: float = 0.0  # the same for the final TV solve near D(z_0)
     final_anchor_weight_per_sigma: float = 0.7
-    warm_start_tv_iterations: int = 300  # primal-dual iterations of the TV warm-start image (warm_start: tv)
+    warm_start_tv_iterations: int = 150  # primal-dual iterations of the TV warm-start image (warm_start: tv)
     noise_sigma: float | str | None = "auto"  # per-ray noise std for the discrepancy rule; "auto" estimates, None off
     discrepancy_tau: float = 1.0  # stop inner solves when ||y-Ax||^2 <= tau*m*sigma^2
     pixel_lr: float = 1e-2  # authors' pixel AdamW learning rate (on [-1, 1] pixels)
@@ -122,7 +126,8 @@ class ResampleConfig:
     latent_eps: float = 1e-3  # latent stop: mean squared sinogram residual < eps^2
     latent_patience: int = 200  # latent stop: no improvement for this many iterations
     weight_decay: float = 0.01  # AdamW weight decay (torch default, as the authors)
-    final_consistency: str = "pixel"  # after D(z_0): "none", "pixel" (the pixel solver near D(z_0)) or "latent"
+    final_consistency: str = "last"  # "last": the last step's consistency image is the output (no final encode,
+    # decode or solve); after D(z_0): "none", "pixel" (the pixel solver near D(z_0)) or "latent"
     warm_start: str = "tv"  # "none" (z_T ~ N(0, I), the paper) or "sirt"/"fbp": noise E(x_init) to the first step
     warm_start_fraction: float = 0.875  # share of the DDIM steps skipped by the warm start (saves NFE)
     warm_start_iterations: int = 50  # SIRT iterations of the warm-start image
@@ -166,8 +171,16 @@ def nfe_per_sample(cfg: ResampleConfig) -> int:
 def _check(cfg: ResampleConfig) -> None:
     if cfg.pixel_solver not in ("cg", "sirt", "adamw", "tv"):
         raise ValueError(f"pixel_solver must be 'cg', 'sirt', 'adamw' or 'tv', got {cfg.pixel_solver!r}")
-    if cfg.final_consistency not in ("none", "pixel", "latent"):
-        raise ValueError(f"final_consistency must be 'none', 'pixel' or 'latent', got {cfg.final_consistency!r}")
+    if cfg.final_consistency not in ("none", "pixel", "latent", "last"):
+        raise ValueError("final_consistency must be 'last', 'none', 'pixel' or 'latent', "
+                         f"got {cfg.final_consistency!r}")
+    if cfg.final_consistency == "last":
+        n = int(cfg.num_inference_steps)
+        plan = consistency_plan(cfg)
+        if plan.get(n - 1) != "pixel":
+            raise ValueError("final_consistency 'last' outputs the last DDIM step's pixel consistency image: it needs "
+                             "end_fraction 1 and latent_fraction 1 (pixel consistency at the last step), got "
+                             f"end_fraction {cfg.end_fraction}, latent_fraction {cfg.latent_fraction}")
     if cfg.num_inference_steps < 1 or cfg.n_samples < 1:
         raise ValueError("num_inference_steps and n_samples must be >= 1")
     if cfg.eta < 0 or cfg.gamma < 0:
@@ -339,11 +352,14 @@ class _Consistency:
         self.inner += res.iterations
         return unit_to_hu(res.x)
 
-    def pixel(self, z0_hat: torch.Tensor) -> torch.Tensor:
-        """Pixel phase: decode, solve in image space, clip to the window, re-encode."""
+    def pixel(self, z0_hat: torch.Tensor, encode: bool = True, final: bool = False) -> torch.Tensor:
+        """Pixel phase: decode, solve in image space, clip to the window, re-encode (``encode=False``: the HU
+        image; ``final``: the solve whose image is the output, with the final solve's settings)."""
         with torch.no_grad():
             x_hat = self.decode(z0_hat)
-        x_y = self.pixel_solve(x_hat)
+        x_y = self.pixel_solve(x_hat, final)
+        if not encode:
+            return x_y
         with torch.no_grad():
             self.encoder_calls += 1
             return self.prior.encode(x_y.clamp(HU_MIN, HU_MAX).to(z0_hat.dtype))
@@ -401,13 +417,16 @@ def resample(prior, A, y: torch.Tensor, cfg: ResampleConfig, generator: torch.Ge
         # beyond the paper (SDEdit / CCDF): start at step i0 from a noised encoding of a
         # classic reconstruction instead of pure noise, skipping the first i0 UNet calls
         first = warm_start_index(cfg)
-        x_init = _warm_start_image(A, y, cfg)
+        x_init, dual = _warm_start_image(A, y, cfg)
+        if cfg.tv_warm_dual and cfg.pixel_solver == "tv":
+            dc.tv_dual = dual  # the TV warm start solved the steps' problem without the pull: near duals
         with torch.no_grad():
             dc.encoder_calls += 1
             z_init = prior.encode(x_init.to(z.dtype))
         a0, _ = _common.ddim_alphas(scheduler, timesteps[first])
         z = math.sqrt(a0) * z_init + math.sqrt(1 - a0) * z  # q(z_t | z_init), reusing the N(0, I) draw
         plan = {i: phase for i, phase in plan.items() if i >= first}
+    x_last = None
     for i, t in enumerate(timesteps):
         if i < first:
             continue
@@ -418,6 +437,12 @@ def resample(prior, A, y: torch.Tensor, cfg: ResampleConfig, generator: torch.Ge
             nfe += 1
             z0_hat = prior.tweedie_z0(z, t, eps_hat)  # Tweedie
             z_prime = scheduler.step(eps_hat, t, z, eta=cfg.eta, variance_noise=eps1).prev_sample  # unconditional DDIM
+        if i in plan and cfg.final_consistency == "last" and i == len(timesteps) - 1:
+            # the output, with the final solve's weights and iterations: no re-encoding, resampling or final decode
+            x_last = dc.pixel(z0_hat, encode=False, final=True)
+            if callback is not None:
+                callback(i, t, z0_hat)
+            break
         if i in plan:
             z0_y = dc.pixel(z0_hat) if plan[i] == "pixel" else dc.latent(z0_hat)  # hard data consistency
             s = resample_variance(cfg.gamma, a_t, a_prev)  # sigma_t^2
@@ -430,8 +455,11 @@ def resample(prior, A, y: torch.Tensor, cfg: ResampleConfig, generator: torch.Ge
 
     if cfg.final_consistency == "latent":
         z = dc.latent(z)
-    with torch.no_grad():
-        x0 = dc.decode(z)  # x_0 = D(z_0)
+    if x_last is not None:
+        x0 = x_last
+    else:
+        with torch.no_grad():
+            x0 = dc.decode(z)  # x_0 = D(z_0)
     if cfg.final_consistency == "pixel":
         x0 = dc.pixel_solve(x0, final=True)
     if cfg.clip_output:
@@ -447,17 +475,20 @@ def resample(prior, A, y: torch.Tensor, cfg: ResampleConfig, generator: torch.Ge
     return x0.detach().float(), info
 
 
-def _warm_start_image(A, y: torch.Tensor, cfg: ResampleConfig) -> torch.Tensor:
-    """SIRT (non-negative), TV (mu >= 0) or FBP image in HU, clipped to the window, for ``warm_start``."""
+def _warm_start_image(A, y: torch.Tensor, cfg: ResampleConfig):
+    """SIRT (non-negative), TV (mu >= 0) or FBP image in HU, clipped to the window, for ``warm_start``;
+    and the TV solve's dual variables (``None`` for SIRT and FBP)."""
+    dual = None
     with torch.no_grad():
         if cfg.warm_start == "sirt":
             mu, _ = sirt(A, y, cfg.warm_start_iterations, nonnegative=True)
         elif cfg.warm_start == "tv":
             lam = tv_lambda_rule(y, cfg.tv_lambda, cfg.tv_lambda_per_sigma)
-            mu = tv_least_squares(A, y, lam, mu_water=cfg.mu_water, n_iterations=cfg.warm_start_tv_iterations).x
+            res = tv_least_squares(A, y, lam, mu_water=cfg.mu_water, n_iterations=cfg.warm_start_tv_iterations)
+            mu, dual = res.x, res.dual
         else:
             mu = fbp(y, A.geometry, "ram-lak", projector=A)
-    return mu_to_hu(mu, cfg.mu_water).clamp(HU_MIN, HU_MAX)
+    return mu_to_hu(mu, cfg.mu_water).clamp(HU_MIN, HU_MAX), dual
 
 
 def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=None, generator=None, prior=None,

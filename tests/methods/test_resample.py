@@ -222,8 +222,9 @@ def test_default_config_runs(tiny_prior, tiny_problem):
     assert out.info["nfe_per_sample"] == 25 and len(out.info["consistency_steps"]) == 25
     assert out.info["n_samples"] == 1 and out.info["nfe"] == 25  # one sample (TV consistency: samples agree)
     assert out.std is None
-    # TV consistency: 50 iterations at each of the 25 steps, 150 in the final solve (warm duals)
-    assert out.info["inner_iterations"] == [25 * 50 + 150] * y.shape[0]
+    # TV consistency: 50 iterations at each of 24 steps (warm duals); the last step's solve (100) is the output
+    assert out.info["inner_iterations"] == [24 * 50 + 100] * y.shape[0]
+    assert out.info["decoder_calls"] == 25 and out.info["encoder_calls"] == 25  # 24 steps + the warm start
 
 
 def test_warm_start_skips_steps(tiny_prior, tiny_problem):
@@ -283,3 +284,59 @@ def test_tv_warm_dual_carries_each_solves_duals_to_the_next(tiny_prior, tiny_pro
     again = ctresample.reconstruct(y, geom, method="resample", config=dict(cfg, tv_warm_dual=True),
                                    generator=_gen(0), prior=tiny_prior)
     assert torch.equal(warm.image, again.image)
+
+
+def test_final_consistency_last_outputs_the_last_steps_image(tiny_prior, tiny_problem, monkeypatch):
+    """final_consistency 'last': the last DDIM step's consistency image is the output, with no
+    re-encoding, final decode or final solve."""
+    geom, hu, y = tiny_problem
+    cfg = dict(FAST, pixel_solver="tv", tv_iterations=4, tv_final_iterations=6, final_consistency="last")
+    solves = []
+    original = _Consistency.pixel_solve
+
+    def recording(self, x_hat, final=False):
+        out = original(self, x_hat, final)
+        solves.append((final, out.clone()))
+        return out
+
+    monkeypatch.setattr(_Consistency, "pixel_solve", recording)
+    steps = []
+    out = ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(0), prior=tiny_prior,
+                                 callback=lambda i, t, z0: steps.append(i))
+    n = len(out.info["consistency_steps"])
+    assert out.info["consistency_steps"][-1] == FAST["num_inference_steps"] - 1 == steps[-1]
+    # no solve after the loop: the last step's is made with the final solve's settings
+    assert len(solves) == n and [final for final, _ in solves] == [False] * (n - 1) + [True]
+    assert out.info["decoder_calls"] == n and out.info["encoder_calls"] == n - 1
+    assert out.info["inner_iterations"] == [4 * (n - 1) + 6] * 2
+    assert torch.equal(out.image, solves[-1][1].clamp(-1024, 3071))
+    pixel = ctresample.reconstruct(y, geom, method="resample", config=dict(cfg, final_consistency="pixel"),
+                                   generator=_gen(0), prior=tiny_prior)
+    assert pixel.info["decoder_calls"] == n + 1 and pixel.info["inner_iterations"] == [4 * n + 6] * 2
+    with pytest.raises(ValueError, match="end_fraction"):
+        ctresample.reconstruct(y, geom, method="resample", config=dict(cfg, end_fraction=0.6), prior=tiny_prior)
+
+
+def test_tv_warm_start_hands_its_duals_to_the_first_step(tiny_prior, tiny_problem, monkeypatch):
+    """With a TV warm start and tv_warm_dual, the first consistency solve starts from the warm start's duals."""
+    import ctresample.methods.resample as rs
+
+    geom, hu, y = tiny_problem
+    cfg = dict(FAST, pixel_solver="tv", tv_iterations=4, final_consistency="last", warm_start="tv",
+               warm_start_tv_iterations=10, warm_start_fraction=0.5)
+    calls = []
+    original = rs.tv_least_squares
+
+    def recording(*args, **kwargs):
+        res = original(*args, **kwargs)
+        calls.append((kwargs.get("dual0"), res.dual, kwargs.get("n_iterations")))
+        return res
+
+    monkeypatch.setattr(rs, "tv_least_squares", recording)
+    ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(0), prior=tiny_prior)
+    assert calls[0][2] == 10 and calls[0][0] is None  # the warm start, from zero duals
+    assert all(calls[k][0] is calls[k - 1][1] for k in range(1, len(calls)))
+    calls.clear()
+    ctresample.reconstruct(y, geom, method="resample", config=dict(cfg, tv_warm_dual=False), generator=_gen(0),
+                           prior=tiny_prior)
+    assert all(dual0 is None for dual0, _, _ in calls)
