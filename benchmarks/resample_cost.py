@@ -243,7 +243,7 @@ def run(args) -> list[dict]:
         A.adjoint(A(torch.zeros(1, 1, size, size, device=device)))  # build the matrices before the clock
     overrides = _parse_overrides(args.override)
     rows = []
-    allocator = getattr(args, "allocator", "tuned")
+    allocator = args.allocator
     plan = [(r, allocator != "default") for r in runs]
     if allocator == "compare":  # the first method with glibc's defaults first, then all with the CLI's settings
         plan.insert(0, (runs[0], False))

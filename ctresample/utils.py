@@ -59,7 +59,7 @@ def tune_cpu_allocator() -> bool:
     threshold to 1 GiB and its trim threshold to 2 GiB (``mallopt``), so such blocks come from
     the heap and are reused. The cost is memory: what the process frees is kept, not given back,
     until it exits, and the heap fragments, so the peak resident memory is higher (an FBP study
-    of 20 slices: 625 against 455 MiB; it stays flat in the study's size).
+    of 20 slices: 627 against 455 MiB; it stays flat in the study's size).
 
     The command-line tools call it at start; a library user may call it once. A no-op (returns
     False) where the C library is not glibc, or with ``CTRESAMPLE_CPU_ALLOCATOR=default``.
