@@ -130,3 +130,55 @@ def test_resample_cost_compares_the_allocators(capsys):
     assert [r["allocator"] for r in rows] == ["glibc default", "tuned"]
     assert rows[0]["method"] == "resample (glibc malloc defaults)" and rows[1]["method"] == "resample"
     assert rows[0]["nfe"] == rows[1]["nfe"]
+
+
+@pytest.mark.slow
+def test_device_train_dry_run_on_cpu(tmp_path):
+    """``benchmarks/device_train.sh`` with DEVICE=cpu: trains from a compact cache alone (no CT collection)
+    and hands back the exported prior as one tar, with the summary and the curve."""
+    pytest.importorskip("diffusers")
+    import json
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    import numpy as np
+    import yaml
+
+    from ctresample.models.prior import build_vae
+    from ctresample.training.data import _cache_key, compact_cache
+    from ctresample.workflows.subjects import load_split
+
+    size = 32
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    full = cache / f"train_{size}_{_cache_key(load_split()['train'], size, 0.05)}.npz"
+    rng = np.random.default_rng(0)
+    hu = np.full((6, size, size), -1024.0, np.float32)
+    hu[:, 8:24, 8:24] = rng.normal(40, 10, (6, 16, 16))
+    np.savez(full, hu=hu.astype(np.float16), subject=np.array([0, 0, 0, 0, 1, 1], np.int16),
+             subject_ids=np.array(["a", "b"]), info=json.dumps({}))
+    compact_cache(full, max_per_subject=3)
+    full.unlink()
+    vae = tmp_path / "vae"
+    build_vae(block_out_channels=[8, 8], layers_per_block=1, latent_channels=3, norm_num_groups=4,
+              mid_block_add_attention=False, sample_size=size).save_pretrained(vae)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "autoencoder": str(vae), "cache_dir": str(cache), "data_root": str(tmp_path / "no-collection"),
+        "image_size": size, "encode_copies": 1, "batch_size": 4, "max_steps": 3, "log_every": 1, "num_threads": 1,
+        "unet": {"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8,
+                 "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"]}}))
+    out = tmp_path / "out"
+    env = dict(os.environ, DEVICE="cpu", OUT=str(out), MINUTES="2", CONFIG=str(config), RUN=str(tmp_path / "run"),
+               PYTHON=sys.executable, SITE=str(tmp_path / "site"), WHEELS=str(tmp_path / "no-wheels"))
+    res = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "device_train.sh")], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:] + (out / "train.log").read_text()[-3000:]
+    assert "using the compact cache" in (out / "train.log").read_text()
+    assert json.loads((out / "summary.json").read_text())["steps"] == 3
+    assert (out / "loss.png").stat().st_size > 0
+    with tarfile.open(out / "prior.tar") as tar:
+        names = tar.getnames()
+    assert "prior/prior_config.json" in names and "prior/unet/diffusion_pytorch_model.safetensors" in names

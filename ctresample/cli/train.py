@@ -5,6 +5,7 @@ Examples::
     ctresample train autoencoder --config configs/train_autoencoder.yaml
     ctresample train diffusion --config configs/train_diffusion.yaml --resume
     accelerate launch -m ctresample train diffusion --config configs/train_diffusion.yaml
+    ctresample train cache --compact --max-per-subject 64    # slice caches for a GPU machine
 
 Every target takes ``--config`` (a YAML preset), ``--set key=value`` overrides, ``--resume``,
 ``--output-dir``, ``--data``, ``--max-minutes`` and ``--max-steps``.
@@ -41,6 +42,18 @@ def _parse_set(items: list[str]) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
+    c = sub.add_parser("cache", help="build the training slice caches (and their compact form)",
+                       description="Read the CT collection once per split into runs/cache (what every training "
+                                   "target does first); with --compact also write the int16 LZMA form that "
+                                   "training uses where the collection is absent (a GPU machine handed the "
+                                   "repository and runs/cache).")
+    c.add_argument("--splits", default="train,validation", help="comma-separated splits (default: train,validation)")
+    c.add_argument("--compact", action="store_true", help="also write <cache>[.max<N>].npz.xz")
+    c.add_argument("--max-per-subject", type=int, help="compact cache: at most N evenly spaced slices per subject")
+    c.add_argument("--data", help="CT data root (default: $CTRESAMPLE_DATA, else ../shared/data/ct)")
+    c.add_argument("--split-file", help="split YAML (default: the shipped configs/data_split.yaml)")
+    c.add_argument("--cache-dir", help="cache folder (default: runs/cache)")
+    c.add_argument("--size", type=int, default=256, help="model grid (default 256)")
     for name, (_, help_) in TARGETS.items():
         p = sub.add_parser(name, help=help_, description=f"Train {help_}.")
         p.add_argument("--config", help="YAML preset (path, or a name in configs/)")
@@ -55,7 +68,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--no-progress", action="store_true", help="no progress bar (log files)")
 
 
+def _run_cache(args: argparse.Namespace) -> int:
+    from ..training.data import build_cache, compact_cache, load_cache
+
+    if args.max_per_subject is not None and not args.compact:
+        raise SystemExit("--max-per-subject needs --compact")
+    for split in [s.strip() for s in args.splits.split(",") if s.strip()]:
+        path = build_cache(split, args.data, args.split_file, args.cache_dir, args.size)
+        n = len(load_cache(path)["hu"])
+        print(f"{split}: {path} ({n} slices, {path.stat().st_size / 2**20:.1f} MiB)")
+        if args.compact:
+            if path.name.endswith(".xz"):
+                raise SystemExit(f"{split}: only the compact cache {path} is here; the full one is needed to "
+                                 "write another (give --data)")
+            out = compact_cache(path, max_per_subject=args.max_per_subject)
+            n = len(load_cache(out)["hu"])
+            print(f"{split}: {out} ({n} slices, {out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.target == "cache":
+        return _run_cache(args)
     module, func = TARGETS[args.target][0].split(":")
     fn = getattr(importlib.import_module(module), func)
     overrides = _parse_set(args.set)

@@ -6,8 +6,16 @@ Pipeline (once per split, cached): the subjects of the split
 :func:`ctresample.workflows.preprocess.resample_to_grid` (model grid, default 256 x 256, the
 preprocess module's field-of-view policy) -> clip to the HU window of
 :mod:`ctresample.hu_window` -> drop near-empty slices -> float16 HU array
-``(N, 256, 256)`` in ``<cache_dir>/<split>_<size>.npz`` with the subject of each slice.
+``(N, 256, 256)`` in ``<cache_dir>/<split>_<size>_<key>.npz`` with the subject of each slice.
 The cache folder defaults to ``runs/cache`` under the current working directory.
+
+A **compact cache** (:func:`compact_cache`, ``ctresample train cache --compact``) holds the
+same slices as int16 HU (rounded: at most 0.5 HU, below float16's own step above 1024 HU)
+compressed with LZMA, optionally at most ``max_per_subject`` evenly spaced slices of each
+subject: ``<split>_<size>_<key>[.max<N>].npz.xz``, a quarter of the float16 cache's size, small
+enough to hand a GPU machine with the repository. :func:`build_cache` uses it when the full
+cache is absent (the key is the same, so a compact cache never stands in for other subjects or
+other preprocessing), and no CT collection is needed then.
 
 Training epochs then read only the cache. :class:`SliceDataset` returns normalised
 ``[-1, 1]`` tensors ``(1, crop, crop)`` with anatomy-preserving augmentation (small
@@ -32,6 +40,7 @@ __all__ = [
     "load_subject_slices",
     "build_cache",
     "load_cache",
+    "compact_cache",
     "Augment",
     "SliceDataset",
     "subject_weights",
@@ -97,6 +106,17 @@ def build_cache(split: str = "train", data_root=None, split_file=None, cache_dir
     out = cache_dir / f"{split}_{size}_{key}.npz"
     if out.exists():
         return out
+    # a compact cache of the same key (uncapped first, else the most slices per subject)
+    compact = sorted(cache_dir.glob(f"{split}_{size}_{key}*.npz.xz"), key=_compact_rank)
+    if compact:
+        if verbose:
+            print(f"[cache:{split}] using the compact cache {compact[0]}", flush=True)
+        return compact[0]
+    if not data_root.is_dir():
+        raise FileNotFoundError(
+            f"no slice cache {out.name} (nor its compact form {out.stem}[.max<N>].npz.xz) in {cache_dir}, and no CT "
+            f"collection at {data_root} to build it from: give the collection (--data, $CTRESAMPLE_DATA) or "
+            "copy the cache made by `ctresample train cache --compact` there")
     cache_dir.mkdir(parents=True, exist_ok=True)
     arrays, subject_index, infos = [], [], {}
     for i, s in enumerate(subjects):
@@ -114,11 +134,81 @@ def build_cache(split: str = "train", data_root=None, split_file=None, cache_dir
     return out
 
 
+def _compact_rank(path: Path) -> tuple[int, int, str]:
+    # "<split>_<size>_<key>.npz.xz" (every slice) before ".max<N>.npz.xz", larger N first
+    tag = path.name.split(".")[1] if path.name.count(".") > 2 else ""
+    if not tag:
+        return (0, 0, path.name)
+    n = tag[3:]
+    return (1, -int(n), path.name) if tag.startswith("max") and n.isdigit() else (2, 0, path.name)
+
+
 def load_cache(path) -> dict:
-    """``{"hu": (N, S, S) float16, "subject": (N,) int16, "subject_ids": [...], "info": {...}}``."""
+    """``{"hu": (N, S, S) float16, "subject": (N,) int16, "subject_ids": [...], "info": {...}}``.
+
+    Reads a float16 cache (``.npz``) or a compact one (``.npz.xz``, int16 HU, returned as float16).
+    """
+    import io
+    import lzma
+
+    path = Path(path)
+    if path.name.endswith(".xz"):
+        try:
+            with lzma.open(path, "rb") as f:
+                blob = io.BytesIO(f.read())
+        except (lzma.LZMAError, EOFError) as err:
+            raise ValueError(f"{path}: not a readable compact slice cache ({err}); delete it and re-export") from err
+        with np.load(blob) as f:
+            hu = f["hu_int16"].astype(np.float16)
+            return {"hu": hu, "subject": f["subject"], "subject_ids": [str(s) for s in f["subject_ids"]],
+                    "info": json.loads(str(f["info"]))}
     with np.load(path) as f:
         return {"hu": f["hu"], "subject": f["subject"], "subject_ids": [str(s) for s in f["subject_ids"]],
                 "info": json.loads(str(f["info"]))}
+
+
+def compact_cache(path, out=None, max_per_subject: int | None = None, preset: int = 6) -> Path:
+    """Write the compact form of the float16 cache ``path``; returns its path.
+
+    int16 HU (rounded) in an LZMA-compressed ``.npz``; with ``max_per_subject`` at most that
+    many evenly spaced slices of each subject (the thinned subjects are listed in the info).
+    ``out`` defaults to ``<path without .npz>[.max<N>].npz.xz`` beside it, the name
+    :func:`build_cache` looks for. Written to a temporary name and renamed when complete.
+    """
+    import io
+    import lzma
+
+    path = Path(path)
+    if max_per_subject is not None and max_per_subject < 1:
+        raise ValueError(f"max_per_subject must be >= 1, got {max_per_subject}")
+    cache = load_cache(path)
+    hu, subject = cache["hu"], np.asarray(cache["subject"])
+    keep = np.arange(len(hu))
+    info = dict(cache["info"])
+    if max_per_subject is not None:
+        parts, thinned = [], {}
+        for s in np.unique(subject):
+            idx = np.flatnonzero(subject == s)
+            if len(idx) > max_per_subject:
+                idx = idx[np.unique(np.round(np.linspace(0, len(idx) - 1, max_per_subject)).astype(int))]
+                thinned[cache["subject_ids"][s]] = int((subject == s).sum())
+            parts.append(idx)
+        keep = np.sort(np.concatenate(parts))
+        info["_compact"] = {"max_per_subject": int(max_per_subject), "thinned_from": thinned}
+    if out is None:
+        stem = path.name[:-len(".npz")] if path.name.endswith(".npz") else path.name.split(".")[0]
+        tag = f".max{max_per_subject}" if max_per_subject is not None else ""
+        out = path.with_name(f"{stem}{tag}.npz.xz")
+    out = Path(out)
+    q = np.clip(np.round(hu[keep].astype(np.float32)), HU_MIN, HU_MAX).astype(np.int16)
+    buf = io.BytesIO()
+    np.savez(buf, hu_int16=q, subject=subject[keep], subject_ids=np.array(cache["subject_ids"]),
+             info=json.dumps(info))
+    tmp = out.with_name(out.name + ".tmp")
+    with lzma.open(tmp, "wb", preset=preset) as f:
+        f.write(buf.getbuffer())
+    tmp.rename(out)
+    return out
 
 
 def subject_weights(subject: np.ndarray, balance: float) -> torch.Tensor | None:

@@ -192,6 +192,8 @@ def make_accelerator(seed: int, num_threads: int | None, mixed_precision: str = 
 
     if num_threads:
         torch.set_num_threads(int(num_threads))
+    if mixed_precision is False or mixed_precision is None:
+        mixed_precision = "no"  # YAML 1.1 reads a bare `no` as false
     acc = Accelerator(mixed_precision=mixed_precision)
     # the loops sample with the global generators (DataLoader workers = 0); one seed per process
     set_seed(seed, device_specific=True)

@@ -1,4 +1,5 @@
 """Shared training pieces (learning-rate schedule)."""
+import pytest
 
 
 def test_lr_factor_warmup_then_cosine():
@@ -38,3 +39,11 @@ def test_ema_is_diffusers_emamodel_with_the_trainers_schedule():
     old = {"decay": 0.9, "num_updates": 7, "model": {"weight": torch.full((1, 2), 3.0), "bias": torch.zeros(1)}}
     _load_ema_state(ema, old, net)
     assert ema.optimization_step == 7 and torch.equal(ema_model(ema, net).weight, torch.full((1, 2), 3.0))
+
+
+def test_make_accelerator_reads_yaml_no_as_no_mixed_precision():
+    """``mixed_precision: no`` in YAML arrives as False; it means no mixed precision, not an error."""
+    pytest.importorskip("accelerate")
+    from ctresample.training.loop import make_accelerator
+
+    assert make_accelerator(0, None, False).mixed_precision == "no"

@@ -96,6 +96,8 @@ def test_presets_load():
     a = load_config(AutoencoderTrainConfig, "train_autoencoder")
     d = load_config(DiffusionTrainConfig, preset_path("train_diffusion"))
     load_config(DiffusionTrainConfig, "train_diffusion_finetune")
+    gpu = load_config(DiffusionTrainConfig, "train_diffusion_gpu")
+    assert gpu.mixed_precision == "bf16" and gpu.init_from and gpu.batch_size > d.batch_size
     ft = load_config(AutoencoderTrainConfig, "train_decoder_finetune")
     assert ft.freeze_encoder and ft.init_vae and ft.balance_subjects > 0
     assert isinstance(a.augment, Augment) and a.vae["latent_channels"] >= 3
