@@ -182,3 +182,18 @@ def test_device_train_dry_run_on_cpu(tmp_path):
     with tarfile.open(out / "prior.tar") as tar:
         names = tar.getnames()
     assert "prior/prior_config.json" in names and "prior/unet/diffusion_pytorch_model.safetensors" in names
+
+
+def test_headroom_table_arithmetic(tmp_path):
+    """``benchmarks/headroom.py``: per (noise, subject) means from per_slice.csv, headroom, gain and share."""
+    bench = _load("headroom")
+    path = tmp_path / "per_slice.csv"
+    rows = [("none", "a", "resample", 38.0), ("none", "a", "resample", 40.0), ("none", "a", "tv", 37.0),
+            ("none", "b", "resample", 30.0), ("none", "b", "tv", 29.0), ("gaussian:0.01", "a", "tv", 33.0)]
+    path.write_text("noise,subject,method,psnr\n" + "".join(f"{n},{s},{m},{v}\n" for n, s, m, v in rows))
+    res, tv = bench.mean_psnr([path], "resample"), bench.mean_psnr([path], "tv")
+    assert res == {("none", "a"): 39.0, ("none", "b"): 30.0} and tv[("gaussian:0.01", "a")] == 33.0
+    out = bench.table(res, tv, {"a": 41.0})  # subject b has no round trip: left out
+    assert len(out) == 1
+    r = out[0]
+    assert (r["headroom"], r["gain"], r["share"]) == (4.0, 2.0, 0.5)
