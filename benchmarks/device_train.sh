@@ -13,7 +13,9 @@
 # benchmarks/device_check.sh). With the repository (21 MiB) that is 55 MiB of the 64 allowed, so
 # carry neither the validation cache nor device_check's DICOM wheels (pydicom, nibabel, openjpeg).
 # CONFIG (default configs/train_diffusion_gpu.yaml: a continuation of the shipped UNet at batch
-# 64, bf16) and SET (extra "--set key=value" arguments) change what is trained. The run folder is
+# 64, bf16) and SET (extra "--set key=value" arguments) change what is trained; TARGET=autoencoder
+# (with an autoencoder CONFIG, and the validation split's compact cache carried too) trains the
+# autoencoder instead, and its vae/ comes back in vae.tar. The run folder is
 # $RUN (default /tmp/ctr-train); a second call with the same RUN resumes from its checkpoint.
 #
 # What comes back in $OUT (at most 8 files): prior.tar (the exported prior, save_pretrained
@@ -25,6 +27,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$REPO/device-train-out}"
 DEVICE="${DEVICE:-cuda}"
 MINUTES="${MINUTES:-6}"
+TARGET="${TARGET:-diffusion}"
 CONFIG="${CONFIG:-configs/train_diffusion_gpu.yaml}"
 RUN="${RUN:-/tmp/ctr-train}"
 SET="${SET:-}"
@@ -45,15 +48,16 @@ extra=(--no-progress --output-dir "$RUN" --max-minutes "$MINUTES")
 # shellcheck disable=SC2206
 [ -n "$SET" ] && extra+=($SET)
 [ "$DEVICE" = "cpu" ] && export CUDA_VISIBLE_DEVICES=""
-say "ctresample train diffusion --config $CONFIG ${extra[*]}"
-"$VPY" -m ctresample train diffusion --config "$CONFIG" "${extra[@]}" >"$OUT/train.log" 2>&1
+say "ctresample train $TARGET --config $CONFIG ${extra[*]}"
+"$VPY" -m ctresample train "$TARGET" --config "$CONFIG" "${extra[@]}" >"$OUT/train.log" 2>&1
 rc=$?
 tail -n 3 "$OUT/train.log" | tee -a "$LOG" >&2
-if [ -d "$RUN/prior" ]; then
-  tar -C "$RUN" -cf "$OUT/prior.tar" prior && say "prior.tar: $(du -h "$OUT/prior.tar" | cut -f1)"
-  for f in summary.json loss.png; do [ -f "$RUN/$f" ] && cp "$RUN/$f" "$OUT/"; done
-else
-  say "no exported prior in $RUN"
-fi
+exported=""
+for d in prior vae; do
+  [ -d "$RUN/$d" ] || continue
+  tar -C "$RUN" -cf "$OUT/$d.tar" "$d" && say "$d.tar: $(du -h "$OUT/$d.tar" | cut -f1)" && exported=1
+done
+[ -n "$exported" ] || say "nothing exported in $RUN"
+for f in summary.json loss.png; do [ -f "$RUN/$f" ] && cp "$RUN/$f" "$OUT/"; done
 say "done: training exit $rc"
 exit $rc
