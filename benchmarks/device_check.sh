@@ -26,21 +26,15 @@
 #   and carry .whl/ with the repository (about 10 MiB).
 set -u -o pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="${OUT:-$REPO/device-check-out}"
-DEVICE="${DEVICE:-cuda}"
 QUICK="${QUICK:-0}"
-mkdir -p "$OUT"
-LOG="$OUT/device_check.log"
-: >"$LOG"
-T0=$(date +%s)
-say() { echo "[device_check $(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG" >&2; }
+# shellcheck source=benchmarks/device_env.sh
+source "$REPO/benchmarks/device_env.sh"
+device_prelude device_check || exit 2
 BUDGET_S="${BUDGET_S:-470}"  # the whole check's seconds: 8 minutes less a margin (less when it follows training)
 left() { echo $(( BUDGET_S - ($(date +%s) - T0) )); }
-cd "$REPO" || exit 2
 
 # ---------------------------------------------------------------- 1.-2. Python, requirements, the package
-# shellcheck source=benchmarks/device_env.sh
-if ! source "$REPO/benchmarks/device_env.sh"; then
+if ! device_python; then
   echo '{"check": "issue 14 device check", "error": "no torch with CUDA"}' >"$OUT/device_check.json"
   exit 2
 fi

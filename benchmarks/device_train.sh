@@ -9,8 +9,8 @@
 #
 # Carry runs/cache/train_256_<key>[.maxN].npz.xz (the compact cache, 27 MiB; the float16 .npz is
 # too big to travel) and a wheel folder named by WHEELS (default .whl/) holding what the GPU image
-# lacks for training: diffusers, importlib_metadata and zipp (6.4 MiB; the download command is in
-# benchmarks/device_check.sh). With the repository (21 MiB) that is 55 MiB of the 64 allowed, so
+# lacks for training: diffusers, importlib_metadata and zipp (6.1 MiB; the download command is in
+# benchmarks/device_check.sh). With the repository (20.4 MiB) that is 53.5 MiB of the 64 allowed, so
 # carry neither the validation cache nor device_check's DICOM wheels (pydicom, nibabel, openjpeg).
 # CONFIG (default configs/train_diffusion_gpu.yaml: a continuation of the shipped UNet at batch
 # 64, bf16) and SET (extra "--set key=value" arguments) change what is trained; TARGET=autoencoder
@@ -24,22 +24,15 @@
 # Exit status: that of the training.
 set -u -o pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="${OUT:-$REPO/device-train-out}"
-DEVICE="${DEVICE:-cuda}"
 MINUTES="${MINUTES:-6}"
 TARGET="${TARGET:-diffusion}"
 CONFIG="${CONFIG:-configs/train_diffusion_gpu.yaml}"
 RUN="${RUN:-/tmp/ctr-train}"
 SET="${SET:-}"
-mkdir -p "$OUT"
-LOG="$OUT/device_train.log"
-: >"$LOG"
-T0=$(date +%s)
-say() { echo "[device_train $(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG" >&2; }
-cd "$REPO" || exit 2
-
 # shellcheck source=benchmarks/device_env.sh
-source "$REPO/benchmarks/device_env.sh" || exit 2
+source "$REPO/benchmarks/device_env.sh"
+device_prelude device_train || exit 2
+device_python || exit 2
 
 say "caches here: $(ls runs/cache 2>/dev/null | tr '\n' ' ')"
 

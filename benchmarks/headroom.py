@@ -32,26 +32,21 @@ def mean_psnr(paths, method: str) -> dict[tuple[str, str], float]:
     return {k: float(np.mean(v)) for k, v in vals.items()}
 
 
-def roundtrip_psnr(prior_path=None, splits=("validation", "test"), batch: int = 8) -> dict[str, float]:
-    """``{subject: mean round-trip PSNR}`` of the cached slices of ``splits``."""
-    import torch
-
-    from ctresample.metrics import psnr
+def roundtrip_psnr(prior_path=None, splits=("validation", "test")) -> dict[str, float]:
+    """``{subject: mean round-trip PSNR}`` of the cached slices of ``splits`` (the model card's measure)."""
     from ctresample.models.prior import LatentDiffusionPrior
     from ctresample.training.data import build_cache, load_cache
+    from ctresample.training.model_card import roundtrip_metrics
 
     prior = LatentDiffusionPrior.from_pretrained(prior_path)  # None: the shipped prior
-    vals = defaultdict(list)
+    out = {}
     for split in splits:
         cache = load_cache(build_cache(split, verbose=False))
-        hu = torch.from_numpy(cache["hu"].astype(np.float32))[:, None]
-        with torch.no_grad():
-            for i in range(0, len(hu), batch):
-                x = hu[i:i + batch]
-                back = prior.decode(prior.encode(x))
-                for j in range(len(x)):
-                    vals[cache["subject_ids"][cache["subject"][i + j]]].append(float(psnr(back[j:j + 1], x[j:j + 1])))
-    return {k: float(np.mean(v)) for k, v in vals.items()}
+        for i, subject in enumerate(cache["subject_ids"]):
+            hu = cache["hu"][cache["subject"] == i]
+            if len(hu):
+                out[subject] = roundtrip_metrics(prior, hu)["psnr_db_mean"]
+    return out
 
 
 def table(resample: dict, tv: dict, roundtrip: dict[str, float]) -> list[dict]:

@@ -69,21 +69,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_cache(args: argparse.Namespace) -> int:
-    from ..training.data import build_cache, compact_cache, load_cache
+    from ..training.data import build_cache, cache_slice_count, compact_cache
 
     if args.max_per_subject is not None and not args.compact:
         raise SystemExit("--max-per-subject needs --compact")
     for split in [s.strip() for s in args.splits.split(",") if s.strip()]:
         path = build_cache(split, args.data, args.split_file, args.cache_dir, args.size)
-        n = len(load_cache(path)["hu"])
-        print(f"{split}: {path} ({n} slices, {path.stat().st_size / 2**20:.1f} MiB)")
+        print(f"{split}: {path} ({cache_slice_count(path)} slices, {path.stat().st_size / 2**20:.1f} MiB)")
         if args.compact:
             if path.name.endswith(".xz"):
                 raise SystemExit(f"{split}: only the compact cache {path} is here; the full one is needed to "
                                  "write another (give --data)")
             out = compact_cache(path, max_per_subject=args.max_per_subject)
-            n = len(load_cache(out)["hu"])
-            print(f"{split}: {out} ({n} slices, {out.stat().st_size / 2**20:.1f} MiB)")
+            print(f"{split}: {out} ({cache_slice_count(out)} slices, {out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 

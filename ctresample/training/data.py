@@ -41,6 +41,7 @@ __all__ = [
     "build_cache",
     "load_cache",
     "compact_cache",
+    "cache_slice_count",
     "Augment",
     "SliceDataset",
     "subject_weights",
@@ -152,19 +153,26 @@ def load_cache(path) -> dict:
     import lzma
 
     path = Path(path)
+    source = path
     if path.name.endswith(".xz"):
         try:
             with lzma.open(path, "rb") as f:
-                blob = io.BytesIO(f.read())
+                source = io.BytesIO(f.read())
         except (lzma.LZMAError, EOFError) as err:
             raise ValueError(f"{path}: not a readable compact slice cache ({err}); delete it and re-export") from err
-        with np.load(blob) as f:
-            hu = f["hu_int16"].astype(np.float16)
-            return {"hu": hu, "subject": f["subject"], "subject_ids": [str(s) for s in f["subject_ids"]],
-                    "info": json.loads(str(f["info"]))}
-    with np.load(path) as f:
-        return {"hu": f["hu"], "subject": f["subject"], "subject_ids": [str(s) for s in f["subject_ids"]],
+    with np.load(source) as f:
+        hu = f["hu_int16"].astype(np.float16) if "hu_int16" in f.files else f["hu"]
+        return {"hu": hu, "subject": f["subject"], "subject_ids": [str(s) for s in f["subject_ids"]],
                 "info": json.loads(str(f["info"]))}
+
+
+def cache_slice_count(path) -> int:
+    """Number of slices in a cache (``.npz`` read lazily; a compact ``.npz.xz`` is decompressed)."""
+    path = Path(path)
+    if path.name.endswith(".xz"):
+        return len(load_cache(path)["subject"])
+    with np.load(path) as f:
+        return int(f["subject"].shape[0])
 
 
 def compact_cache(path, out=None, max_per_subject: int | None = None, preset: int = 6) -> Path:

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from ctresample.training.data import _cache_key, build_cache, compact_cache, load_cache
+from ctresample.training.data import _cache_key, build_cache, cache_slice_count, compact_cache, load_cache
 from ctresample.workflows.subjects import load_split
 
 COUNTS = (10, 3, 1)
@@ -52,6 +52,7 @@ def test_compact_cache_round_trip_and_thinning(tmp_path):
     assert thin.name == "train_32_abc.max4.npz.xz"
     t = load_cache(thin)
     assert np.bincount(t["subject"]).tolist() == [4, 3, 1]
+    assert (cache_slice_count(src), cache_slice_count(out), cache_slice_count(thin)) == (14, 14, 8)
     assert t["info"]["_compact"] == {"max_per_subject": 4, "thinned_from": {"s0": 10}}
     # evenly spaced: the first and the last slice of the thinned subject are kept
     s0 = full["hu"][full["subject"] == 0].astype(np.float32)
