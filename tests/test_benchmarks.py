@@ -197,3 +197,23 @@ def test_headroom_table_arithmetic(tmp_path):
     assert len(out) == 1
     r = out[0]
     assert (r["headroom"], r["gain"], r["share"]) == (4.0, 2.0, 0.5)
+
+
+def test_tune_last_solve_reproduces_the_chain_output(tmp_path, tiny_prior):
+    """The re-run of the last solve with the preset's own pull is the chain's output; other pulls differ."""
+    pytest.importorskip("diffusers")
+    import numpy as np
+
+    tiny_prior.save_pretrained(tmp_path / "prior")
+    hu = np.full((2, 32, 32), -1024.0, dtype=np.float32)
+    hu[:, 8:24, 6:26] = 40.0
+    hu[:, 12:18, 10:16] = 900.0
+    np.save(tmp_path / "ct.npy", hu)
+    out = _load("tune_last_solve").main([
+        "--data", str(tmp_path / "ct.npy"), "--subjects", "all", "--size", "32", "--views", "12", "--noise", "none",
+        "--threads", "1",
+        "--set", f"prior={tmp_path / 'prior'}", "--set", "num_inference_steps=16", "--set", "tv_iterations=5",
+        "--set", "tv_final_iterations=20", "--set", "warm_start_tv_iterations=10", "--set", "channels_last=false",
+        "--flat-weights", "0,0.03,5", "--flat-hu", "12"])["none"]
+    assert out["flat 0.03, 12 HU"]["psnr"] == pytest.approx(out["chain output"]["psnr"], abs=1e-6)
+    assert abs(out["flat 5, 12 HU"]["psnr"] - out["flat 0, 12 HU"]["psnr"]) > 1e-3

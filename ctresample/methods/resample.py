@@ -44,7 +44,11 @@ Algorithm (one trajectory per slice, all slices of the batch at once)::
 
 Beyond the paper, ``final_consistency: last`` (the default) stops at the last step (t = 0) after
 its pixel solve, made with the final solve's settings (``tv_final_*``, ``final_anchor_*``), and
-returns ``x_0 = x_y``: no ``E``, resampling or ``D`` after it.
+returns ``x_0 = x_y``: no ``E``, resampling or ``D`` after it. The TV pixel solves pull towards
+``D(z0_hat)`` with a per-pixel weight: the noise rule's ``anchor_weight*`` everywhere, plus
+``anchor_flat_weight`` (``final_anchor_flat_weight`` in the last solve) times
+``1 / (1 + (|grad D(z0_hat)| / anchor_flat_hu)^2)``, so the prior's image is kept where it is flat
+and the data and TV decide at its edges, where the autoencoder errs most.
 
 The DDIM step is diffusers' ``DDIMScheduler.step`` on the prior's schedule
 (:meth:`~ctresample.models.prior.LatentDiffusionPrior.ddim_scheduler`, coefficients in float64),
@@ -75,6 +79,7 @@ from ..solvers import (
     adamw_least_squares,
     discrepancy_threshold,
     estimate_noise_sigma,
+    flatness,
     proximal_least_squares,
     sirt,
     sirt_with_stop,
@@ -115,6 +120,9 @@ class ResampleConfig:
     anchor_weight_per_sigma: float = 0.35  # plus this per unit of estimated sinogram noise std (both 0: no pull)
     final_anchor_weight: float = 0.0  # the same for the final TV solve near D(z_0)
     final_anchor_weight_per_sigma: float = 0.7
+    anchor_flat_weight: float = 0.03  # extra pull of each step's TV solve where D(z0_hat) is flat, fading at its edges
+    final_anchor_flat_weight: float = 0.03  # the same for the final TV solve (the output with final_consistency: last)
+    anchor_flat_hu: float = 12.0  # gradient of D(z0_hat), HU per pixel, at which that extra pull is halved
     warm_start_tv_iterations: int = 150  # primal-dual iterations of the TV warm-start image (warm_start: tv)
     noise_sigma: float | str | None = "auto"  # per-ray noise std for the discrepancy rule; "auto" estimates, None off
     discrepancy_tau: float = 1.0  # stop inner solves when ||y-Ax||^2 <= tau*m*sigma^2
@@ -192,6 +200,10 @@ def _check(cfg: ResampleConfig) -> None:
     if min(cfg.anchor_weight, cfg.anchor_weight_per_sigma, cfg.final_anchor_weight,
            cfg.final_anchor_weight_per_sigma) < 0:
         raise ValueError("anchor_weight, final_anchor_weight and their _per_sigma parts must be >= 0")
+    if min(cfg.anchor_flat_weight, cfg.final_anchor_flat_weight) < 0:
+        raise ValueError("anchor_flat_weight and final_anchor_flat_weight must be >= 0")
+    if cfg.anchor_flat_hu <= 0:
+        raise ValueError(f"anchor_flat_hu must be > 0 (HU per pixel), got {cfg.anchor_flat_hu}")
     if not (0.0 <= cfg.warm_start_fraction < 1.0):
         raise ValueError("warm_start_fraction must be in [0, 1)")
 
@@ -328,9 +340,12 @@ class _Consistency:
         x0 = self.mu(x_hat_hu.to(self.y.dtype)).clamp_min(floor)
         key = "final" if final else "step"
         iterations = (cfg.tv_final_iterations or cfg.tv_iterations) if final else cfg.tv_iterations
+        beta = self.tv_lam[key + "_anchor"]
+        flat = cfg.final_anchor_flat_weight if final else cfg.anchor_flat_weight
+        if flat > 0:  # the prior's image errs mostly at its edges: pull harder where it is flat
+            beta = beta.view(-1, 1, 1, 1) + flat * flatness(x_hat_hu.to(self.y.dtype), cfg.anchor_flat_hu)
         res = tv_least_squares(self.A, self.y, self.tv_lam[key], mu_water=cfg.mu_water, n_iterations=iterations,
-                               tol=0.0, lower=floor, x0=x0, anchor=x0, anchor_weight=self.tv_lam[key + "_anchor"],
-                               dual0=self.tv_dual)
+                               tol=0.0, lower=floor, x0=x0, anchor=x0, anchor_weight=beta, dual0=self.tv_dual)
         if cfg.tv_warm_dual:  # the next solve differs in its start and anchor only: its duals start near
             self.tv_dual = res.dual
         self.inner += res.iterations

@@ -41,7 +41,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["TVResult", "tv_objective", "tv_norm", "gradient", "divergence", "tv_least_squares", "tv_lambda_rule"]
+__all__ = ["TVResult", "tv_objective", "tv_norm", "gradient", "divergence", "tv_least_squares", "tv_lambda_rule",
+           "flatness"]
 
 
 @dataclass
@@ -139,8 +140,8 @@ def tv_objective(A, y: torch.Tensor, x: torch.Tensor, lam, *, mu_water: float, z
     data = 0.5 * r.flatten(1).pow(2).sum(dim=1) / s**2
     obj = data + lam * tv_norm(x / mu_water, z_weight)
     if anchor is not None:
-        beta = torch.as_tensor(anchor_weight, dtype=y.dtype, device=y.device).expand(y.shape[0])
-        obj = obj + 0.5 * beta * ((x - anchor) / mu_water).flatten(1).pow(2).sum(dim=1)
+        beta = _anchor_map(anchor_weight, y.shape[0], y.dtype, y.device)
+        obj = obj + 0.5 * (beta * ((x - anchor) / mu_water).pow(2)).flatten(1).sum(dim=1)
     return obj
 
 
@@ -159,6 +160,32 @@ def tv_lambda_rule(y: torch.Tensor, lam: float, lam_per_sigma: float = 0.0,
         sigma = estimate_noise_sigma(y) if sigma_hat is None else sigma_hat
         lam_t = lam_t + float(lam_per_sigma) * sigma.to(y.dtype)
     return lam_t
+
+
+def flatness(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``1 / (1 + (|grad x| / scale)^2)`` per pixel: 1 where ``x`` is flat, towards 0 at its edges.
+
+    ``x`` (B, 1, H, W) in any unit, ``scale`` (> 0) in that unit per pixel: the gradient
+    magnitude (central differences, zero at the border) at which the value is 1/2. Used to pull
+    a solve harder towards a reference image where that image is flat than at its edges.
+    """
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    gx = torch.zeros_like(x)
+    gy = torch.zeros_like(x)
+    gx[..., 1:-1] = (x[..., 2:] - x[..., :-2]) * 0.5
+    gy[..., 1:-1, :] = (x[..., 2:, :] - x[..., :-2, :]) * 0.5
+    return 1.0 / (1.0 + (gx.square() + gy.square()) / scale**2)
+
+
+def _anchor_map(anchor_weight, batch: int, dtype, device) -> torch.Tensor:
+    """The anchor weight as a ``(B, 1, 1, 1)`` or per-pixel ``(B, 1, H, W)`` tensor."""
+    beta = torch.as_tensor(anchor_weight, dtype=dtype, device=device)
+    if beta.dim() == 4:
+        if beta.shape[0] != batch or beta.shape[1] != 1:
+            raise ValueError(f"a per-pixel anchor_weight must have shape ({batch}, 1, H, W), got {tuple(beta.shape)}")
+        return beta
+    return beta.expand(batch).reshape(batch, 1, 1, 1)
 
 
 @torch.no_grad()
@@ -199,8 +226,9 @@ def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: 
         A reference image ``x_ref`` (1/mm), e.g. a decoded prior sample: adds
         ``anchor_weight / 2 * ||(x - x_ref) / mu_w||^2`` to the objective (a quadratic pull towards
         it, solved exactly in the primal step).
-    anchor_weight : float or Tensor (B,)
-        Weight of the anchor term, relative to the data term (whose block has norm 1): 0 = plain TV.
+    anchor_weight : float, Tensor (B,) or Tensor (B, 1, H, W)
+        Weight of the anchor term, relative to the data term (whose block has norm 1): 0 = plain TV;
+        a per-pixel map pulls some pixels harder than others.
     dual0 : (Tensor, Tensor), optional
         Start of the dual variables ``(p, q)`` (default zero): ``TVResult.dual`` of an earlier
         solve of a similar problem (the same ``A``, ``y``, ``lam``, ``z_weight`` and ``mu_water``),
@@ -236,7 +264,7 @@ def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: 
     lo = None if lower is None else float(lower) / mu_water
     if lo is not None:
         u = u.clamp_min(lo)
-    beta = torch.as_tensor(anchor_weight, dtype=y.dtype, device=y.device).expand(B).reshape(B, 1, 1, 1)
+    beta = _anchor_map(anchor_weight, B, y.dtype, y.device)
     if (beta < 0).any():
         raise ValueError("anchor_weight must be >= 0")
     u_ref = None
@@ -295,7 +323,7 @@ def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: 
         iterations += active.long()
         if record_every and (k + 1) % record_every == 0:
             history.append(tv_objective(A, y, u * mu_water, lam, mu_water=mu_water, z_weight=zw, scale=s,
-                                        anchor=anchor, anchor_weight=beta.flatten()))
+                                        anchor=anchor, anchor_weight=beta))
         if test:
             done = change < tol
             active = active & ~(done.all().expand(B) if coupled else done)
@@ -304,6 +332,6 @@ def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: 
     x = u * mu_water
     r = A(x) - y
     obj = tv_objective(A, y, x, lam, mu_water=mu_water, z_weight=zw, scale=s, residual=r, anchor=anchor,
-                       anchor_weight=beta.flatten())
+                       anchor_weight=beta)
     res = r.flatten(1).norm(dim=1) / y.flatten(1).norm(dim=1).clamp_min(1e-12)
     return TVResult(x=x, iterations=iterations, objective=obj, data_residual=res, history=history, dual=(p, q))

@@ -135,7 +135,7 @@ def test_final_tv_anchor_pulls_towards_the_prior_image(tiny_prior, tiny_problem)
     geom, hu, y = tiny_problem
     cfg = dict(FAST, pixel_solver="tv", tv_iterations=5, tv_final_iterations=60, clip_output=False,
                anchor_weight=0.0, anchor_weight_per_sigma=0.0, final_anchor_weight=0.0,
-               final_anchor_weight_per_sigma=0.0)
+               final_anchor_weight_per_sigma=0.0, anchor_flat_weight=0.0, final_anchor_flat_weight=0.0)
     def run(**over):
         return ctresample.reconstruct(y, geom, method="resample", config=dict(cfg, **over), generator=_gen(0),
                                       prior=tiny_prior)
@@ -152,6 +152,16 @@ def test_final_tv_anchor_pulls_towards_the_prior_image(tiny_prior, tiny_problem)
     assert not torch.allclose(every.image, raw)
     with pytest.raises(ValueError, match="anchor_weight"):
         ctresample.reconstruct(y, geom, method="resample", config=dict(cfg, anchor_weight=-1.0), prior=tiny_prior)
+    # the pull where D(z_0) is flat: with a huge scale every pixel counts as flat (held as above); with a tiny
+    # one only the flat pixels are held, and the image's edges are free to move
+    flat_held = run(final_consistency="pixel", final_anchor_flat_weight=1e4, anchor_flat_hu=1e6)
+    assert (flat_held.image - raw.clamp_min(floor)).abs().max() < 1.0
+    edges_free = run(final_consistency="pixel", final_anchor_flat_weight=1e4, anchor_flat_hu=1e-3)
+    assert (edges_free.image - raw.clamp_min(floor)).abs().max() > 10.0
+    assert not torch.allclose(run(anchor_flat_weight=1.0).image, raw)  # in every step: another chain
+    for bad in (dict(anchor_flat_weight=-1.0), dict(final_anchor_flat_weight=-0.1), dict(anchor_flat_hu=0.0)):
+        with pytest.raises(ValueError, match="anchor_flat"):
+            ctresample.reconstruct(y, geom, method="resample", config=dict(cfg, **bad), prior=tiny_prior)
 
 
 def test_sirt_solver_runs_in_the_loop(tiny_prior, tiny_problem):

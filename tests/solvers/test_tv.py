@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from ctresample.solvers.tv import divergence, gradient, tv_lambda_rule, tv_least_squares, tv_objective
+from ctresample.solvers.tv import divergence, flatness, gradient, tv_lambda_rule, tv_least_squares, tv_objective
 from operators import ParallelBeamGeometry, ParallelBeamProjector, hu_to_mu, mu_to_hu
 from operators.units import MU_WATER
 
@@ -165,6 +165,68 @@ def test_anchor_term_is_solved_exactly_and_pulls_towards_the_reference():
     assert (both.x[1] - ref[0]).abs().max() < 1e-3 * ref.abs().max()
     with pytest.raises(ValueError, match="anchor_weight"):
         tv_least_squares(A, y, lam, mu_water=MU_WATER, anchor=ref, anchor_weight=-1.0)
+
+
+def test_per_pixel_anchor_weight_is_solved_exactly():
+    """A (B, 1, H, W) pull: a constant map is the scalar weight; a random map matches LBFGS; a huge weight
+    on one half returns the anchor there only."""
+    geom = ParallelBeamGeometry(image_size=12, pixel_size=5.0, n_views=6)
+    A = ParallelBeamProjector(geom)
+    hu = _phantom(12)
+    y = A(hu_to_mu(hu))
+    g = torch.Generator().manual_seed(4)
+    ref = hu_to_mu(hu + 100.0 * torch.randn(hu.shape, generator=g, dtype=hu.dtype))
+    lam = 2e-3
+    scalar = tv_least_squares(A, y, lam, mu_water=MU_WATER, n_iterations=300, tol=0, lower=None, anchor=ref,
+                              anchor_weight=0.05)
+    const = tv_least_squares(A, y, lam, mu_water=MU_WATER, n_iterations=300, tol=0, lower=None, anchor=ref,
+                             anchor_weight=torch.full(hu.shape, 0.05, dtype=hu.dtype))
+    assert torch.allclose(scalar.x, const.x, rtol=1e-12, atol=1e-15)
+    beta = 0.2 * torch.rand(hu.shape, generator=g, dtype=hu.dtype)
+    res = tv_least_squares(A, y, lam, mu_water=MU_WATER, n_iterations=20000, tol=1e-12, lower=None, anchor=ref,
+                           anchor_weight=beta)
+    from ctresample.solvers.tv import _norm_scale
+
+    s = _norm_scale(A, MU_WATER, torch.float64, torch.device("cpu"))
+    u = (ref / MU_WATER).clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([u], max_iter=5000, tolerance_grad=1e-14, tolerance_change=1e-16,
+                            history_size=50, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        f = (0.5 * (A(u * MU_WATER) - y).pow(2).sum() / s**2 + lam * (gradient(u).pow(2).sum(1) + 1e-14).sqrt().sum()
+             + 0.5 * (beta * (u - ref / MU_WATER).pow(2)).sum())
+        f.backward()
+        return f
+
+    for _ in range(3):
+        opt.step(closure)
+    f_bf = float(tv_objective(A, y, u.detach() * MU_WATER, lam, mu_water=MU_WATER, anchor=ref, anchor_weight=beta)[0])
+    assert abs(float(res.objective[0]) - f_bf) / f_bf < 1e-3, (float(res.objective[0]), f_bf)
+    half = torch.zeros(hu.shape, dtype=hu.dtype)
+    half[..., :6] = 1e4
+    split = tv_least_squares(A, y, lam, mu_water=MU_WATER, n_iterations=2000, tol=0, lower=None, anchor=ref,
+                             anchor_weight=half)
+    assert (split.x - ref)[..., :6].abs().max() < 1e-3 * ref.abs().max()
+    assert (split.x - ref)[..., 6:].abs().max() > 0.1 * ref.abs().max()  # the free half follows data and TV
+    with pytest.raises(ValueError, match="per-pixel anchor_weight"):
+        tv_least_squares(A, y, lam, mu_water=MU_WATER, anchor=ref, anchor_weight=torch.ones(2, 1, 12, 12))
+    with pytest.raises(ValueError, match="anchor_weight"):
+        tv_least_squares(A, y, lam, mu_water=MU_WATER, anchor=ref, anchor_weight=-half)
+
+
+def test_flatness_is_one_on_flat_images_and_half_at_the_scale():
+    x = torch.full((2, 1, 9, 9), 40.0)
+    assert torch.equal(flatness(x, 12.0), torch.ones_like(x))
+    ramp = torch.arange(9.0).view(1, 1, 1, 9).expand(1, 1, 9, 9) * 12.0  # 12 HU per pixel along x
+    w = flatness(ramp, 12.0)
+    assert torch.allclose(w[..., 1:-1], torch.full_like(w[..., 1:-1], 0.5))
+    edge = torch.zeros(1, 1, 9, 9)
+    edge[..., 5:] = 1000.0
+    w = flatness(edge, 12.0)
+    assert float(w[0, 0, 4, 4]) < 0.01 and float(w[0, 0, 4, 1]) == 1.0
+    with pytest.raises(ValueError, match="scale"):
+        flatness(x, 0.0)
 
 
 def _textbook_chambolle_pock(*args, **kwargs):
