@@ -101,3 +101,30 @@ def tuning_parser(description: str, threads: int = 1):
     p.add_argument("--threads", type=int, default=threads)
     p.add_argument("--seed", type=int, default=0)
     return p
+
+
+def chain_batch(slices, batch, sinos, views: int, seed: int):
+    """``(geometry, generator, sinogram)`` of one evaluation batch, as ``ctresample evaluate`` makes them.
+
+    ``batch``: slice indices from ``ctresample.evaluation.runner._batches``; ``sinos``: the per-slice
+    sinograms of ``_simulate``. The generator is seeded like the evaluation's (``(seed, 2 k + 1)``).
+    """
+    from ctresample.utils import derive_seed
+    from operators import ParallelBeamGeometry
+
+    geom = ParallelBeamGeometry(image_size=slices.size, pixel_size=float(slices.pixel_size[batch[0]]), n_views=views)
+    gen = torch.Generator().manual_seed(derive_seed(seed, 2 * batch[0] + 1))
+    return geom, gen, torch.cat([sinos[k] for k in batch])
+
+
+def summarise(rows: dict, width: int = 28) -> dict:
+    """Print and return the mean PSNR / SSIM of each row of ``{label: [slice_metrics, ...]}``."""
+    import numpy as np
+
+    out = {}
+    for label, ms in rows.items():
+        psnr = float(np.mean([m["psnr"] for m in ms]))
+        ssim = float(np.mean([m["ssim"] for m in ms]))
+        out[label] = {"psnr": psnr, "ssim": ssim}
+        print(f"  {label:{width}s} PSNR {psnr:7.3f}  SSIM {ssim:.4f}", flush=True)
+    return out

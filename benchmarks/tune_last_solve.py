@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import tuning_parser  # noqa: E402
+from common import chain_batch, summarise, tuning_parser  # noqa: E402
 
 
 def main(argv=None):
@@ -47,9 +46,8 @@ def main(argv=None):
     from ctresample.metrics import slice_metrics
     from ctresample.models.prior import load_prior
     from ctresample.solvers import flatness, tv_least_squares
-    from ctresample.utils import derive_seed
     from ctresample.workflows.subjects import default_data_root
-    from operators import MU_WATER, ParallelBeamGeometry, hu_to_mu, mu_to_hu, projector_for
+    from operators import MU_WATER, hu_to_mu, mu_to_hu, projector_for
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     cfg = load_config(R.ResampleConfig, args.config, overrides=overrides)
@@ -83,10 +81,7 @@ def main(argv=None):
             rows.update({f"flat {w:g}, {k:g} HU": [] for w, k in grid})
             t0 = time.time()
             for b in batches:
-                geom = ParallelBeamGeometry(image_size=slices.size, pixel_size=float(slices.pixel_size[b[0]]),
-                                            n_views=args.views)
-                gen = torch.Generator().manual_seed(derive_seed(args.seed, 2 * b[0] + 1))
-                y = torch.cat([sinos[k] for k in b])
+                geom, gen, y = chain_batch(slices, b, sinos, args.views, args.seed)
                 rec = reconstruct(y, geom, method="resample", config=cfg, generator=gen, prior=prior)
                 A = projector_for(geom, torch.device("cpu"))
                 x0 = hu_to_mu(captured["x_hat"].to(y.dtype), MU_WATER).clamp_min(floor)
@@ -103,12 +98,7 @@ def main(argv=None):
                         rows[f"flat {w:g}, {kappa:g} HU"].append(slice_metrics(x[i], slices.hu[k]))
                 print(f"  {noise}: batch {b[0]}..{b[-1]} {time.time() - t0:.0f} s", flush=True)
             print(f"== {noise}: {len(slices)} slices")
-            out[noise] = {}
-            for label, ms in rows.items():
-                psnr = float(np.mean([m["psnr"] for m in ms]))
-                ssim = float(np.mean([m["ssim"] for m in ms]))
-                out[noise][label] = {"psnr": psnr, "ssim": ssim}
-                print(f"  {label:24s} PSNR {psnr:7.3f}  SSIM {ssim:.4f}", flush=True)
+            out[noise] = summarise(rows, width=24)
     finally:
         R._Consistency.pixel_tv = original
     if args.json:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import tuning_parser  # noqa: E402
+from common import chain_batch, summarise, tuning_parser  # noqa: E402
 
 
 def main(argv=None):
@@ -48,9 +48,8 @@ def main(argv=None):
     from ctresample.metrics import slice_metrics
     from ctresample.models.prior import load_prior
     from ctresample.solvers.tv import tv_lambda_rule, tv_least_squares
-    from ctresample.utils import derive_seed
     from ctresample.workflows.subjects import default_data_root
-    from operators import MU_WATER, ParallelBeamGeometry, hu_to_mu, mu_to_hu, projector_for
+    from operators import MU_WATER, hu_to_mu, mu_to_hu, projector_for
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     overrides.update(final_consistency="none", clip_output=False)
@@ -78,10 +77,7 @@ def main(argv=None):
         if name not in cache:
             d = np.zeros_like(slices.hu)
             for b in batches:
-                geom = ParallelBeamGeometry(image_size=slices.size, pixel_size=float(slices.pixel_size[b[0]]),
-                                            n_views=args.views)
-                gen = torch.Generator().manual_seed(derive_seed(args.seed, 2 * b[0] + 1))
-                y = torch.cat([sinos[k] for k in b])
+                geom, gen, y = chain_batch(slices, b, sinos, args.views, args.seed)
                 rec = reconstruct(y, geom, method="resample", config=cfg, generator=gen, prior=prior)
                 d[b] = rec.image.numpy()[:, 0]
                 print(f"  {name}: chain batch {b[0]}..{b[-1]} {time.time() - t0:.0f} s", flush=True)
@@ -94,10 +90,9 @@ def main(argv=None):
         rows.update({f"lam x{s:g} anchor {a:g}": [] for s, a in combos})
         t1 = time.time()
         for b in batches:
-            geom = ParallelBeamGeometry(image_size=slices.size, pixel_size=float(slices.pixel_size[b[0]]),
-                                        n_views=args.views)
+            geom, _, y = chain_batch(slices, b, sinos, args.views, args.seed)
             A = projector_for(geom, torch.device("cpu"))
-            y = torch.cat([sinos[k] for k in b]).float()
+            y = y.float()
             tv = reconstruct(y, geom, method="tv").image.numpy()[:, 0]
             lam = tv_lambda_rule(y, cfg.tv_lambda, cfg.tv_lambda_per_sigma)
             n, c = len(b), len(combos)
@@ -115,12 +110,7 @@ def main(argv=None):
                 for j, (s, a) in enumerate(combos):
                     rows[f"lam x{s:g} anchor {a:g}"].append(slice_metrics(x[j * n + i], slices.hu[k]))
         print(f"== {name}: {len(slices)} slices, chains {chain_s:.0f} s, closing grid {time.time() - t1:.0f} s")
-        out[name] = {}
-        for label, ms in rows.items():
-            psnr = float(np.mean([m["psnr"] for m in ms]))
-            ssim = float(np.mean([m["ssim"] for m in ms]))
-            out[name][label] = {"psnr": psnr, "ssim": ssim}
-            print(f"  {label:28s} PSNR {psnr:6.2f}  SSIM {ssim:.4f}", flush=True)
+        out[name] = summarise(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
 

@@ -144,34 +144,36 @@ def _compact_rank(path: Path) -> tuple[int, int, str]:
     return (1, -int(n), path.name) if tag.startswith("max") and n.isdigit() else (2, 0, path.name)
 
 
+def _cache_source(path: Path):
+    """What ``np.load`` reads for a cache: the ``.npz`` itself, or a compact ``.npz.xz`` decompressed."""
+    import io
+    import lzma
+
+    if not path.name.endswith(".xz"):
+        return path
+    try:
+        with lzma.open(path, "rb") as f:
+            return io.BytesIO(f.read())
+    except (lzma.LZMAError, EOFError) as err:
+        raise ValueError(f"{path}: not a readable compact slice cache ({err}); delete it and re-export") from err
+
+
 def load_cache(path) -> dict:
     """``{"hu": (N, S, S) float16, "subject": (N,) int16, "subject_ids": [...], "info": {...}}``.
 
     Reads a float16 cache (``.npz``) or a compact one (``.npz.xz``, int16 HU, returned as float16).
     """
-    import io
-    import lzma
-
     path = Path(path)
-    source = path
-    if path.name.endswith(".xz"):
-        try:
-            with lzma.open(path, "rb") as f:
-                source = io.BytesIO(f.read())
-        except (lzma.LZMAError, EOFError) as err:
-            raise ValueError(f"{path}: not a readable compact slice cache ({err}); delete it and re-export") from err
-    with np.load(source) as f:
+    with np.load(_cache_source(path)) as f:
         hu = f["hu_int16"].astype(np.float16) if "hu_int16" in f.files else f["hu"]
         return {"hu": hu, "subject": f["subject"], "subject_ids": [str(s) for s in f["subject_ids"]],
                 "info": json.loads(str(f["info"]))}
 
 
 def cache_slice_count(path) -> int:
-    """Number of slices in a cache (``.npz`` read lazily; a compact ``.npz.xz`` is decompressed)."""
+    """Number of slices in a cache (only its subject array is read; a compact one is decompressed first)."""
     path = Path(path)
-    if path.name.endswith(".xz"):
-        return len(load_cache(path)["subject"])
-    with np.load(path) as f:
+    with np.load(_cache_source(path)) as f:
         return int(f["subject"].shape[0])
 
 
