@@ -4,7 +4,10 @@ Each batch's ReSample chain is run once per noise level with the given preset; t
 last TV solve (the decoded ``D(z0_hat)``, the dual variables it starts from, its TV weight and
 noise-rule pull) are kept, then the solve is re-run with a grid of flat-region pulls
 ``beta_noise + w * flatness(D(z0_hat), kappa)`` (``--flat-weights`` x ``--flat-hu``; ``w = 0`` is
-the noise rule alone). The row with the preset's own values reproduces the chain's output. Slices,
+the noise rule alone). The row with the preset's own values reproduces the chain's output.
+``--edge-floors`` x ``--edge-hu`` also vary the solve's TV weight at the prior's edges,
+``e + (1 - e) flatness(D(z0_hat), kappa_tv)`` (``e = 1``: plain TV), and ``--lam-scales`` scale its
+TV weight. Slices,
 noise and generator seeds are those of ``ctresample evaluate`` (same figures).
 
     python benchmarks/tune_last_solve.py --max-slices 12 --threads 2 --flat-weights 0,0.015,0.03,0.05
@@ -29,6 +32,12 @@ def main(argv=None):
     p.add_argument("--set", action="append", default=[], help="chain config override key=value (YAML value)")
     p.add_argument("--flat-weights", default="0,0.015,0.03,0.05,0.08")
     p.add_argument("--flat-hu", default="12")
+    p.add_argument("--edge-floors", default=None,
+                   help="TV weight at the prior's edges, e + (1 - e) flatness (1: unweighted TV; default: the "
+                        "preset's final_tv_edge_weight)")
+    p.add_argument("--edge-hu", default=None, help="HU per pixel at which the TV weight is halfway "
+                                                    "(default: the preset's tv_edge_hu)")
+    p.add_argument("--lam-scales", default="1", help="scales of the last solve's TV weight (1: the preset's)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--size", type=int, default=256, help="slice grid (the prior's image size)")
     p.add_argument("--json", default=None)
@@ -53,7 +62,15 @@ def main(argv=None):
     cfg = load_config(R.ResampleConfig, args.config, overrides=overrides)
     if cfg.pixel_solver != "tv" or cfg.final_consistency != "last":
         raise SystemExit("tune_last_solve needs pixel_solver: tv and final_consistency: last")
-    grid = [(float(w), float(k)) for w in args.flat_weights.split(",") for k in args.flat_hu.split(",")]
+    floors = [float(e) for e in (args.edge_floors or str(cfg.final_tv_edge_weight)).split(",")]
+    edge_hu = [float(k) for k in (args.edge_hu or str(cfg.tv_edge_hu)).split(",")]
+    grid = [(float(w), float(k), e, ke, float(ls)) for w in args.flat_weights.split(",")
+            for k in args.flat_hu.split(",") for e in floors for ke in (edge_hu if e != 1 else [0.0])
+            for ls in args.lam_scales.split(",")]
+
+    def label(w, k, e, ke, ls):
+        return (f"flat {w:g}, {k:g} HU" + (f"; edge TV {e:g}, {ke:g} HU" if e != 1 else "")
+                + (f"; lambda x {ls:g}" if ls != 1 else ""))
     slices = load_slices(args.data or default_data_root(), args.subjects, size=args.size,
                          max_slices=args.max_slices)
     batches = _batches(slices, args.batch_size)
@@ -78,7 +95,7 @@ def main(argv=None):
             setting = Setting(views=args.views, noise=None if noise == "none" else noise)
             sinos = _simulate(slices, setting, SimpleNamespace(seed=args.seed, mu_water=MU_WATER))
             rows = {"chain output": []}
-            rows.update({f"flat {w:g}, {k:g} HU": [] for w, k in grid})
+            rows.update({label(*g): [] for g in grid})
             t0 = time.time()
             for b in batches:
                 geom, gen, y = chain_batch(slices, b, sinos, args.views, args.seed)
@@ -88,14 +105,17 @@ def main(argv=None):
                 for i, k in enumerate(b):
                     rows["chain output"].append(slice_metrics(rec.image[i, 0].clamp(HU_MIN, HU_MAX).numpy(),
                                                               slices.hu[k]))
-                for w, kappa in grid:
-                    beta = captured["beta"].view(-1, 1, 1, 1) + w * flatness(captured["x_hat"].to(y.dtype), kappa)
-                    res = tv_least_squares(A, y, captured["lam"], mu_water=cfg.mu_water,
+                x_hat = captured["x_hat"].to(y.dtype)
+                for w, kappa, e, ke, ls in grid:
+                    beta = captured["beta"].view(-1, 1, 1, 1) + w * flatness(x_hat, kappa)
+                    w_tv = None if e == 1 else e + (1 - e) * flatness(x_hat, ke)
+                    res = tv_least_squares(A, y, captured["lam"] * ls, mu_water=cfg.mu_water,
                                            n_iterations=cfg.tv_final_iterations or cfg.tv_iterations, tol=0.0,
-                                           lower=floor, x0=x0, anchor=x0, anchor_weight=beta, dual0=captured["dual"])
+                                           lower=floor, x0=x0, anchor=x0, anchor_weight=beta, dual0=captured["dual"],
+                                           tv_weight=w_tv)
                     x = mu_to_hu(res.x, MU_WATER).clamp(HU_MIN, HU_MAX).numpy()[:, 0]
                     for i, k in enumerate(b):
-                        rows[f"flat {w:g}, {kappa:g} HU"].append(slice_metrics(x[i], slices.hu[k]))
+                        rows[label(w, kappa, e, ke, ls)].append(slice_metrics(x[i], slices.hu[k]))
                 print(f"  {noise}: batch {b[0]}..{b[-1]} {time.time() - t0:.0f} s", flush=True)
             print(f"== {noise}: {len(slices)} slices")
             out[noise] = summarise(rows, width=24)

@@ -199,6 +199,39 @@ def test_headroom_table_arithmetic(tmp_path):
     assert (r["headroom"], r["gain"], r["share"]) == (4.0, 2.0, 0.5)
 
 
+def test_tune_tv_reweighted_runs_the_rule_and_the_grid(tmp_path):
+    """The first row is the tv method's own image; a weight of 1 at the edges with lambda x 1 re-solves the same
+    problem from its solution (the same image); lower edge weights change it."""
+    import numpy as np
+
+    import ctresample
+    from ctresample.evaluation.runner import _simulate
+    from ctresample.evaluation.settings import Setting
+    from ctresample.evaluation.slices import load_slices
+    from ctresample.metrics import slice_metrics
+    from operators import MU_WATER, ParallelBeamGeometry
+
+    hu = np.full((2, 32, 32), -1024.0, dtype=np.float32)
+    hu[:, 8:24, 6:26] = 40.0
+    hu[:, 12:18, 10:16] = 900.0
+    np.save(tmp_path / "ct.npy", hu)
+    args = ["--data", str(tmp_path / "ct.npy"), "--subjects", "all", "--size", "32", "--views", "12",
+            "--noise", "none", "--lam-scales", "1", "--edge-floors", "1,0", "--edge-hu", "30"]
+    out = _load("tune_tv_reweighted").main(args)["none"]
+    slices = load_slices(tmp_path / "ct.npy", "all", size=32)
+    from types import SimpleNamespace
+
+    sinos = _simulate(slices, Setting(views=12, noise=None), SimpleNamespace(seed=0, mu_water=MU_WATER))
+    ref = []
+    for i in range(len(slices)):
+        geom = ParallelBeamGeometry(image_size=32, pixel_size=float(slices.pixel_size[i]), n_views=12)
+        img = ctresample.reconstruct(sinos[i].float(), geom, method="tv").image
+        ref.append(slice_metrics(img[0, 0].clamp(-1024, 3071).numpy(), slices.hu[i])["psnr"])
+    assert out["tv"]["psnr"] == pytest.approx(float(np.mean(ref)), abs=1e-4)
+    assert out["lambda x 1, edge 1, 30 HU"]["psnr"] == pytest.approx(out["tv"]["psnr"], abs=0.05)
+    assert abs(out["lambda x 1, edge 0, 30 HU"]["psnr"] - out["tv"]["psnr"]) > 0.05
+
+
 def test_tune_last_solve_reproduces_the_chain_output(tmp_path, tiny_prior):
     """The re-run of the last solve with the preset's own pull is the chain's output; other pulls differ."""
     pytest.importorskip("diffusers")
@@ -214,6 +247,8 @@ def test_tune_last_solve_reproduces_the_chain_output(tmp_path, tiny_prior):
         "--threads", "1",
         "--set", f"prior={tmp_path / 'prior'}", "--set", "num_inference_steps=16", "--set", "tv_iterations=5",
         "--set", "tv_final_iterations=20", "--set", "warm_start_tv_iterations=10", "--set", "channels_last=false",
-        "--flat-weights", "0,0.03,5", "--flat-hu", "12"])["none"]
-    assert out["flat 0.03, 12 HU"]["psnr"] == pytest.approx(out["chain output"]["psnr"], abs=1e-6)
-    assert abs(out["flat 5, 12 HU"]["psnr"] - out["flat 0, 12 HU"]["psnr"]) > 1e-3
+        "--flat-weights", "0,0.03,5", "--flat-hu", "12", "--edge-floors", "0.1,1", "--edge-hu", "30"])["none"]
+    assert out["flat 0.03, 12 HU; edge TV 0.1, 30 HU"]["psnr"] == pytest.approx(out["chain output"]["psnr"], abs=1e-6)
+    edge = "; edge TV 0.1, 30 HU"
+    assert abs(out["flat 5, 12 HU" + edge]["psnr"] - out["flat 0, 12 HU" + edge]["psnr"]) > 1e-3
+    assert abs(out["flat 0.03, 12 HU"]["psnr"] - out["chain output"]["psnr"]) > 1e-4  # plain TV in the last solve

@@ -48,7 +48,10 @@ returns ``x_0 = x_y``: no ``E``, resampling or ``D`` after it. The TV pixel solv
 ``D(z0_hat)`` with a per-pixel weight: the noise rule's ``anchor_weight*`` everywhere, plus
 ``anchor_flat_weight`` (``final_anchor_flat_weight`` in the last solve) times
 ``1 / (1 + (|grad D(z0_hat)| / anchor_flat_hu)^2)``, so the prior's image is kept where it is flat
-and the data and TV decide at its edges, where the autoencoder errs most.
+and the data and TV decide at its edges, where the autoencoder errs most. Their TV term is
+weighted per pixel too: ``e + (1 - e) / (1 + (|grad D(z0_hat)| / tv_edge_hu)^2)`` with
+``e = tv_edge_weight`` (``final_tv_edge_weight``), so that at the prior's edges the data may
+sharpen what the autoencoder blurred.
 
 The DDIM step is diffusers' ``DDIMScheduler.step`` on the prior's schedule
 (:meth:`~ctresample.models.prior.LatentDiffusionPrior.ddim_scheduler`, coefficients in float64),
@@ -123,6 +126,9 @@ class ResampleConfig:
     anchor_flat_weight: float = 0.03  # extra pull of each step's TV solve where D(z0_hat) is flat, fading at its edges
     final_anchor_flat_weight: float = 0.03  # the same for the final TV solve (the output with final_consistency: last)
     anchor_flat_hu: float = 12.0  # gradient of D(z0_hat), HU per pixel, at which that extra pull is halved
+    tv_edge_weight: float = 0.3  # TV weight of each step's solve at D(z0_hat)'s edges, relative to flat parts (1: off)
+    final_tv_edge_weight: float = 0.1  # the same for the final TV solve
+    tv_edge_hu: float = 30.0  # gradient of D(z0_hat), HU per pixel, at which the TV weight is halfway to its edge value
     warm_start_tv_iterations: int = 150  # primal-dual iterations of the TV warm-start image (warm_start: tv)
     noise_sigma: float | str | None = "auto"  # per-ray noise std for the discrepancy rule; "auto" estimates, None off
     discrepancy_tau: float = 1.0  # stop inner solves when ||y-Ax||^2 <= tau*m*sigma^2
@@ -204,6 +210,10 @@ def _check(cfg: ResampleConfig) -> None:
         raise ValueError("anchor_flat_weight and final_anchor_flat_weight must be >= 0")
     if cfg.anchor_flat_hu <= 0:
         raise ValueError(f"anchor_flat_hu must be > 0 (HU per pixel), got {cfg.anchor_flat_hu}")
+    if not (0.0 <= cfg.tv_edge_weight <= 1.0 and 0.0 <= cfg.final_tv_edge_weight <= 1.0):
+        raise ValueError("tv_edge_weight and final_tv_edge_weight must be in [0, 1]")
+    if cfg.tv_edge_hu <= 0:
+        raise ValueError(f"tv_edge_hu must be > 0 (HU per pixel), got {cfg.tv_edge_hu}")
     if not (0.0 <= cfg.warm_start_fraction < 1.0):
         raise ValueError("warm_start_fraction must be in [0, 1)")
 
@@ -344,8 +354,13 @@ class _Consistency:
         flat = cfg.final_anchor_flat_weight if final else cfg.anchor_flat_weight
         if flat > 0:  # the prior's image errs mostly at its edges: pull harder where it is flat
             beta = beta.view(-1, 1, 1, 1) + flat * flatness(x_hat_hu.to(self.y.dtype), cfg.anchor_flat_hu)
+        edge = cfg.final_tv_edge_weight if final else cfg.tv_edge_weight
+        w_tv = None  # and let the data sharpen the edges it shows: a lower TV weight there
+        if edge < 1:
+            w_tv = edge + (1.0 - edge) * flatness(x_hat_hu.to(self.y.dtype), cfg.tv_edge_hu)
         res = tv_least_squares(self.A, self.y, self.tv_lam[key], mu_water=cfg.mu_water, n_iterations=iterations,
-                               tol=0.0, lower=floor, x0=x0, anchor=x0, anchor_weight=beta, dual0=self.tv_dual)
+                               tol=0.0, lower=floor, x0=x0, anchor=x0, anchor_weight=beta, dual0=self.tv_dual,
+                               tv_weight=w_tv)
         if cfg.tv_warm_dual:  # the next solve differs in its start and anchor only: its duals start near
             self.tv_dual = res.dual
         self.inner += res.iterations

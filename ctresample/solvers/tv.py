@@ -10,9 +10,10 @@ the number of views) and ``x / mu_w`` measures the image in units of water, so `
 plain number (a few 1e-4 for clean 25-view data on 256 x 256; larger with noise).
 ``TV(u) = sum_i sqrt(|D_r u|_i^2 + |D_c u|_i^2 + (w_z |D_z u|_i)^2)``, forward differences
 with Neumann boundaries; ``D_z`` couples consecutive slices of the batch (a volume's
-neighbours) when ``z_weight = w_z > 0``. The optional bracket (``anchor = x_ref``,
-``anchor_weight = beta``) pulls the solution towards a reference image, e.g. a decoded prior
-sample; its proximal map is closed-form, so the primal step solves it exactly::
+neighbours) when ``z_weight = w_z > 0``. An optional per-pixel weight ``w_i >= 0`` (``tv_weight``)
+makes it ``sum_i w_i sqrt(...)`` (weighted TV: the dual ball below has radius ``lam w_i / b``).
+The optional bracket (``anchor = x_ref``, ``anchor_weight = beta``) pulls the solution towards
+a reference image, e.g. a decoded prior sample; its proximal map is closed-form, so the primal step solves it exactly::
 
     u_new <- max((u - tau (K_A^T p + K_D^T q) + tau beta u_ref) / (1 + tau beta), lower / mu_w)
 
@@ -114,10 +115,13 @@ def _pointwise_norm(g: torch.Tensor) -> torch.Tensor:
     return n
 
 
-def tv_norm(u: torch.Tensor, z_weight: float = 0.0) -> torch.Tensor:
-    """Isotropic TV per slice ``(B,)`` of ``u`` ``(B, 1, H, W)`` (z terms counted on the lower slice)."""
-    g = gradient(u, z_weight)
-    return g.pow(2).sum(dim=1).sqrt().flatten(1).sum(dim=1)
+def tv_norm(u: torch.Tensor, z_weight: float = 0.0, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Isotropic TV per slice ``(B,)`` of ``u`` ``(B, 1, H, W)`` (z terms counted on the lower slice);
+    ``weight`` (B, 1, H, W): a per-pixel weight of each pixel's gradient norm (weighted TV)."""
+    g = gradient(u, z_weight).pow(2).sum(dim=1, keepdim=True).sqrt()
+    if weight is not None:
+        g = g * weight
+    return g.flatten(1).sum(dim=1)
 
 
 def _norm_scale(A, mu_water: float, dtype, device) -> float:
@@ -128,17 +132,19 @@ def _norm_scale(A, mu_water: float, dtype, device) -> float:
 
 def tv_objective(A, y: torch.Tensor, x: torch.Tensor, lam, *, mu_water: float, z_weight: float = 0.0,
                  scale: float | None = None, residual: torch.Tensor | None = None,
-                 anchor: torch.Tensor | None = None, anchor_weight=0.0) -> torch.Tensor:
+                 anchor: torch.Tensor | None = None, anchor_weight=0.0,
+                 tv_weight: torch.Tensor | None = None) -> torch.Tensor:
     """The objective of the module docstring per slice ``(B,)`` (the bound is not checked).
 
     ``residual``: ``A x - y`` when the caller has it already (saves a projection). ``anchor``,
-    ``anchor_weight``: the optional quadratic pull of :func:`tv_least_squares`.
+    ``anchor_weight``: the optional quadratic pull of :func:`tv_least_squares`; ``tv_weight``:
+    its optional per-pixel TV weight.
     """
     s = scale if scale is not None else _norm_scale(A, mu_water, y.dtype, y.device)
     lam = torch.as_tensor(lam, dtype=y.dtype, device=y.device).expand(y.shape[0])
     r = A(x) - y if residual is None else residual
     data = 0.5 * r.flatten(1).pow(2).sum(dim=1) / s**2
-    obj = data + lam * tv_norm(x / mu_water, z_weight)
+    obj = data + lam * tv_norm(x / mu_water, z_weight, _tv_weight_map(tv_weight, y.shape[0], y.dtype, y.device))
     if anchor is not None:
         beta = _anchor_map(anchor_weight, y.shape[0], y.dtype, y.device)
         obj = obj + 0.5 * (beta * ((x - anchor) / mu_water).pow(2)).flatten(1).sum(dim=1)
@@ -188,11 +194,24 @@ def _anchor_map(anchor_weight, batch: int, dtype, device) -> torch.Tensor:
     return beta.expand(batch).reshape(batch, 1, 1, 1)
 
 
+def _tv_weight_map(tv_weight, batch: int, dtype, device) -> torch.Tensor | None:
+    """The per-pixel TV weight as ``(B, 1, H, W)`` (None: unweighted)."""
+    if tv_weight is None:
+        return None
+    w = torch.as_tensor(tv_weight, dtype=dtype, device=device)
+    if w.dim() != 4 or w.shape[0] != batch or w.shape[1] != 1:
+        raise ValueError(f"tv_weight must have shape ({batch}, 1, H, W), got {tuple(w.shape)}")
+    if (w < 0).any():
+        raise ValueError("tv_weight must be >= 0")
+    return w
+
+
 @torch.no_grad()
 def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: int = 500, tol: float = 1e-5,
                      lower: float | None = 0.0, x0: torch.Tensor | None = None, z_weight: float = 0.0,
                      step_ratio: float = 10.0, record_every: int = 0, anchor: torch.Tensor | None = None,
-                     anchor_weight=0.0, dual0: tuple[torch.Tensor, torch.Tensor] | None = None) -> TVResult:
+                     anchor_weight=0.0, dual0: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     tv_weight: torch.Tensor | None = None) -> TVResult:
     """Solve the TV problem of the module docstring by Chambolle-Pock.
 
     Parameters
@@ -234,6 +253,10 @@ def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: 
         solve of a similar problem (the same ``A``, ``y``, ``lam``, ``z_weight`` and ``mu_water``),
         e.g. the previous consistency step of a diffusion sampler. Any start converges; a near one
         saves iterations.
+    tv_weight : Tensor, (B, 1, H, W), optional
+        Per-pixel weight ``w_i`` of the TV term, ``lam * sum_i w_i |grad u|_i`` (weighted TV; the
+        dual ball's radius becomes ``lam w_i / b``): below 1 where edges are expected, e.g. at the
+        edges of a prior image, so that the data may sharpen them. Default: 1 everywhere.
 
     Returns
     -------
@@ -284,7 +307,11 @@ def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: 
                              f"got {tuple(p.shape)} and {tuple(q.shape)}")
         p, q = p.to(y.dtype), q.to(y.dtype)
     # lam = 0 (no TV): a zero ball, kept positive so that 0 / radius is 0, not NaN
-    radius = (lam / b).clamp_min(torch.finfo(y.dtype).tiny).view(B, 1, 1, 1)
+    radius = (lam / b).view(B, 1, 1, 1)
+    w_tv = _tv_weight_map(tv_weight, B, y.dtype, y.device)
+    if w_tv is not None:
+        radius = radius * w_tv
+    radius = radius.clamp_min(torch.finfo(y.dtype).tiny)
     active = torch.ones(B, dtype=torch.bool, device=y.device)
     iterations = torch.zeros(B, dtype=torch.long, device=y.device)
     history = []
@@ -323,7 +350,7 @@ def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: 
         iterations += active.long()
         if record_every and (k + 1) % record_every == 0:
             history.append(tv_objective(A, y, u * mu_water, lam, mu_water=mu_water, z_weight=zw, scale=s,
-                                        anchor=anchor, anchor_weight=beta))
+                                        anchor=anchor, anchor_weight=beta, tv_weight=w_tv))
         if test:
             done = change < tol
             active = active & ~(done.all().expand(B) if coupled else done)
@@ -332,6 +359,6 @@ def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: 
     x = u * mu_water
     r = A(x) - y
     obj = tv_objective(A, y, x, lam, mu_water=mu_water, z_weight=zw, scale=s, residual=r, anchor=anchor,
-                       anchor_weight=beta)
+                       anchor_weight=beta, tv_weight=w_tv)
     res = r.flatten(1).norm(dim=1) / y.flatten(1).norm(dim=1).clamp_min(1e-12)
     return TVResult(x=x, iterations=iterations, objective=obj, data_residual=res, history=history, dual=(p, q))
