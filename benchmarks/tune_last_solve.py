@@ -71,6 +71,7 @@ def main(argv=None):
     def label(w, k, e, ke, ls):
         return (f"flat {w:g}, {k:g} HU" + (f"; edge TV {e:g}, {ke:g} HU" if e != 1 else "")
                 + (f"; lambda x {ls:g}" if ls != 1 else ""))
+
     slices = load_slices(args.data or default_data_root(), args.subjects, size=args.size,
                          max_slices=args.max_slices)
     batches = _batches(slices, args.batch_size)

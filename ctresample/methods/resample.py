@@ -347,17 +347,18 @@ class _Consistency:
                      "step_anchor": (cfg.anchor_weight, cfg.anchor_weight_per_sigma),
                      "final_anchor": (cfg.final_anchor_weight, cfg.final_anchor_weight_per_sigma)}
             self.tv_lam = {k: tv_lambda_rule(self.y, a, b, sigma_hat=sigma) for k, (a, b) in rules.items()}
-        x0 = self.mu(x_hat_hu.to(self.y.dtype)).clamp_min(floor)
+        x_hat = x_hat_hu.to(self.y.dtype)
+        x0 = self.mu(x_hat).clamp_min(floor)
         key = "final" if final else "step"
         iterations = (cfg.tv_final_iterations or cfg.tv_iterations) if final else cfg.tv_iterations
         beta = self.tv_lam[key + "_anchor"]
         flat = cfg.final_anchor_flat_weight if final else cfg.anchor_flat_weight
         if flat > 0:  # the prior's image errs mostly at its edges: pull harder where it is flat
-            beta = beta.view(-1, 1, 1, 1) + flat * flatness(x_hat_hu.to(self.y.dtype), cfg.anchor_flat_hu)
+            beta = beta.view(-1, 1, 1, 1) + flat * flatness(x_hat, cfg.anchor_flat_hu)
         edge = cfg.final_tv_edge_weight if final else cfg.tv_edge_weight
         w_tv = None  # and let the data sharpen the edges it shows: a lower TV weight there
         if edge < 1:
-            w_tv = edge + (1.0 - edge) * flatness(x_hat_hu.to(self.y.dtype), cfg.tv_edge_hu)
+            w_tv = edge + (1.0 - edge) * flatness(x_hat, cfg.tv_edge_hu)
         res = tv_least_squares(self.A, self.y, self.tv_lam[key], mu_water=cfg.mu_water, n_iterations=iterations,
                                tol=0.0, lower=floor, x0=x0, anchor=x0, anchor_weight=beta, dual0=self.tv_dual,
                                tv_weight=w_tv)

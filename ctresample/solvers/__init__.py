@@ -10,7 +10,7 @@ every iteration is per slice, so a batch of slices is a batch of independent pro
 ``adamw``        the ReSample authors' AdamW loop on any differentiable forward map
 ``discrepancy``  noise-level estimate and the discrepancy-principle threshold
 ``tv``           isotropic TV least squares by Chambolle-Pock (balanced blocks, per-slice stop, z coupling,
-                 per-pixel anchor weights)
+                 per-pixel anchor and TV weights)
 """
 from ._batch import LeastSquaresResult
 from .adamw import adamw_least_squares

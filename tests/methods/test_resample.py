@@ -165,9 +165,9 @@ def test_final_tv_anchor_pulls_towards_the_prior_image(tiny_prior, tiny_problem)
 
 
 def test_tv_edge_weight_lowers_the_tv_term_at_the_prior_images_edges(tiny_prior, tiny_problem):
-    """tv_edge_weight 1 is plain TV (the scale unused); a weight of 0 with a huge scale (every pixel flat) is still
-    plain TV, with a tiny scale (every pixel an edge, but the border's, where the gradient is taken as 0) the solve
-    is close to one without TV; bad values are refused."""
+    """A weight of 0 with a huge scale (every pixel flat) is still plain TV; with a tiny scale (every pixel an
+    edge, but the border's, where the gradient is taken as 0) the solve is close to one without TV, and a weight
+    of 0.5 lands between the two; bad values are refused."""
     geom, hu, y = tiny_problem
     cfg = dict(FAST, pixel_solver="tv", tv_iterations=5, tv_final_iterations=60, clip_output=False,
                final_consistency="pixel", tv_final_lambda=5e-3, tv_lambda_per_sigma=0.0, anchor_flat_weight=0.0,
@@ -178,10 +178,11 @@ def test_tv_edge_weight_lowers_the_tv_term_at_the_prior_images_edges(tiny_prior,
                                       prior=tiny_prior).image
 
     plain, no_tv = run(), run(tv_final_lambda=0.0)
-    assert torch.equal(run(tv_edge_hu=5.0), plain)  # weights of 1: the scale does not matter
     assert (run(final_tv_edge_weight=0.0, tv_edge_hu=1e9) - plain).abs().max() < 1e-3  # HU: weight 1 - 1e-18
     all_edge = run(final_tv_edge_weight=0.0, tv_edge_hu=1e-6)
     assert (all_edge - no_tv).norm() < 0.3 * (plain - no_tv).norm()
+    half = run(final_tv_edge_weight=0.5, tv_edge_hu=1e-6)  # half the TV weight: between the two
+    assert (all_edge - no_tv).norm() < (half - no_tv).norm() < (plain - no_tv).norm()
     assert not torch.allclose(run(tv_edge_weight=0.2, tv_edge_hu=1e-6), plain)  # in every step: another chain
     for bad in (dict(tv_edge_weight=-0.1), dict(final_tv_edge_weight=1.5), dict(tv_edge_hu=0.0)):
         with pytest.raises(ValueError, match="tv_edge"):
