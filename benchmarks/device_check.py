@@ -23,7 +23,7 @@ skipped):
 
 Slices: the bundled ``data/sample_ct`` (4 slices, repeated to fill a batch) when it can be read
 (pydicom and a JPEG 2000 decoder), else a synthetic phantom (recorded under ``data``). 25
-views, clean sinograms. ``--quick``: 32 x 32, the tiny random prior, 16 DDIM steps, batches
+views, clean sinograms. ``--quick``: 32 x 32, the tiny random prior, 64 DDIM steps (2 after the warm start), batches
 1 and 2 (checks the harness; its figures say nothing about the real models).
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 REPO = Path(__file__).resolve().parent.parent
 TOL = {"float32": 1e-5, "bfloat16": 1e-2}
 TARGET_RESAMPLE_S_PER_SLICE = 0.5  # at batch 32, one H200-class GPU (issue 14)
-QUICK_RESAMPLE = {"num_inference_steps": 16, "tv_iterations": 5, "tv_final_iterations": 5,
+QUICK_RESAMPLE = {"num_inference_steps": 64, "tv_iterations": 5, "tv_final_iterations": 5,
                   "warm_start_tv_iterations": 5, "sirt_iterations": 5, "warm_start_iterations": 5}
 QUICK_TV = {"n_iterations": 20}
 

@@ -46,7 +46,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 CATEGORIES = ("unet", "decoder", "encoder", "projector", "solver")
 QUICK_SIZE = 32
-QUICK_OVERRIDES = {"num_inference_steps": 16, "sirt_iterations": 20, "warm_start_iterations": 10}
+QUICK_OVERRIDES = {"num_inference_steps": 64, "sirt_iterations": 20, "warm_start_iterations": 10}
 
 
 class CostProfile:

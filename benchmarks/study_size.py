@@ -17,7 +17,7 @@ peak is the high-water mark of live memory plus what the heap keeps; with
 settings and ``MALLOC_MMAP_THRESHOLD_`` fixed (``--mmap-threshold``; with glibc's adaptive
 threshold the peak varies by tens of MiB between runs). ``resample-tiny`` is
 ReSample with the tiny random test prior (``LatentDiffusionPrior.tiny`` saved to a temporary
-folder, at its own 32 x 32 grid, 16 DDIM steps): it checks the sampler's scaling, not its quality.
+folder, at its own 32 x 32 grid, 64 DDIM steps, 2 after the warm start): it checks the sampler's scaling, not its quality.
 
 Printed per method and count: process wall time, the study's own time (``summary.json``:
 reading, simulating, reconstructing and writing; no interpreter start or imports), seconds
@@ -39,7 +39,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_SIZE = 32
-TINY_CONFIG = {"num_inference_steps": 16, "sirt_iterations": 20, "warm_start_iterations": 10}
+TINY_CONFIG = {"num_inference_steps": 64, "sirt_iterations": 20, "warm_start_iterations": 10}
 
 
 def phantom_slice(n: int, size: int, k: int) -> np.ndarray:

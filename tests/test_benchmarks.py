@@ -245,7 +245,7 @@ def test_tune_last_solve_reproduces_the_chain_output(tmp_path, tiny_prior):
     out = _load("tune_last_solve").main([
         "--data", str(tmp_path / "ct.npy"), "--subjects", "all", "--size", "32", "--views", "12", "--noise", "none",
         "--threads", "1",
-        "--set", f"prior={tmp_path / 'prior'}", "--set", "num_inference_steps=16", "--set", "tv_iterations=5",
+        "--set", f"prior={tmp_path / 'prior'}", "--set", "num_inference_steps=64", "--set", "tv_iterations=5",
         "--set", "tv_final_iterations=20", "--set", "warm_start_tv_iterations=10", "--set", "channels_last=false",
         "--flat-weights", "0,0.03,5", "--flat-hu", "12", "--edge-floors", "0.1,1", "--edge-hu", "30"])["none"]
     assert out["flat 0.03, 12 HU; edge TV 0.1, 30 HU"]["psnr"] == pytest.approx(out["chain output"]["psnr"], abs=1e-6)

@@ -102,7 +102,7 @@ class ResampleConfig:
 
     prior: str | None = None  # saved prior folder; None = the shipped ldm-ct-256
     channels_last: bool = True  # the prior's networks in NHWC layout: ~20 % faster on CPU, values to ~0.01 HU
-    num_inference_steps: int = 200  # DDIM steps (NFE per sample without warm start)
+    num_inference_steps: int = 800  # DDIM steps (NFE per sample without warm start)
     eta: float = 0.0  # DDIM noise (0 deterministic DDIM, 1 DDPM-like)
     gamma: float = 40.0  # sigma_t^2 = gamma * DDPM variance (small: trust the prior, large: the data)
     skip_interval: int = 1  # k: hard consistency every k-th step
@@ -143,7 +143,7 @@ class ResampleConfig:
     final_consistency: str = "last"  # "last": the last step's consistency image is the output (no final encode,
     # decode or solve); after D(z_0): "none", "pixel" (the pixel solver near D(z_0)) or "latent"
     warm_start: str = "tv"  # "none" (z_T ~ N(0, I), the paper) or "sirt"/"fbp": noise E(x_init) to the first step
-    warm_start_fraction: float = 0.875  # share of the DDIM steps skipped by the warm start (saves NFE)
+    warm_start_fraction: float = 0.96875  # share of the DDIM steps skipped by the warm start (saves NFE)
     warm_start_iterations: int = 50  # SIRT iterations of the warm-start image
     clip_output: bool = True  # clip the output to the HU window [-1024, 3071]
     n_samples: int = 1  # posterior samples per slice (mean + std map when > 1)
