@@ -17,7 +17,8 @@ peak is the high-water mark of live memory plus what the heap keeps; with
 settings and ``MALLOC_MMAP_THRESHOLD_`` fixed (``--mmap-threshold``; with glibc's adaptive
 threshold the peak varies by tens of MiB between runs). ``resample-tiny`` is
 ReSample with the tiny random test prior (``LatentDiffusionPrior.tiny`` saved to a temporary
-folder, at its own 32 x 32 grid, 64 DDIM steps, 2 after the warm start): it checks the sampler's scaling, not its quality.
+folder, at its own 32 x 32 grid, 64 DDIM steps, 2 after the warm start): it checks the sampler's
+scaling, not its quality.
 
 Printed per method and count: process wall time, the study's own time (``summary.json``:
 reading, simulating, reconstructing and writing; no interpreter start or imports), seconds
