@@ -69,3 +69,26 @@ def test_resample_fast_preset_differs_from_the_default_only_in_its_cost_keys():
     from ctresample.methods.resample import nfe_per_sample
 
     assert nfe_per_sample(fast) == nfe_per_sample(default) == 25
+
+def test_resample_10v_preset_is_the_default_entered_earlier():
+    """``resample_10v`` changes only the schedule: the default's 25 UNet evaluations, from a noisier entry t."""
+    import dataclasses
+    from pathlib import Path
+
+    from diffusers import DDIMScheduler
+
+    import ctresample
+    from ctresample.methods.resample import ResampleConfig, nfe_per_sample, warm_start_index
+
+    sparse, default = load_config(ResampleConfig, "resample_10v"), load_config(ResampleConfig, "resample")
+    changed = {f.name for f in dataclasses.fields(ResampleConfig)
+               if getattr(sparse, f.name) != getattr(default, f.name)}
+    assert changed == {"num_inference_steps", "warm_start_fraction"}
+    assert nfe_per_sample(sparse) == nfe_per_sample(default) == 25
+
+    def entry(cfg):  # the timestep the warm start noises to, on the shipped prior's scheduler
+        s = DDIMScheduler.from_pretrained(Path(ctresample.__file__).parent / "pretrained" / "ldm-ct-256" / "scheduler")
+        s.set_timesteps(cfg.num_inference_steps)
+        return int(s.timesteps[warm_start_index(cfg)])
+
+    assert entry(default) == 24 and entry(sparse) == 120
