@@ -55,39 +55,42 @@ def test_public_api():
         ctresample.no_such_name  # noqa: B018
 
 
-def test_resample_fast_preset_differs_from_the_default_only_in_its_cost_keys():
-    """``resample_fast`` lists only what it changes; everything else follows the default."""
+def _changed_keys(preset: str) -> set[str]:
+    """The ResampleConfig fields where ``preset`` differs from the default preset."""
     import dataclasses
 
     from ctresample.methods.resample import ResampleConfig
 
-    fast, default = load_config(ResampleConfig, "resample_fast"), load_config(ResampleConfig, "resample")
-    changed = {f.name for f in dataclasses.fields(ResampleConfig) if getattr(fast, f.name) != getattr(default, f.name)}
-    assert changed == {"skip_interval", "tv_iterations", "warm_start_tv_iterations",
-                       "tv_warm_dual", "final_consistency", "num_inference_steps", "warm_start_fraction"}
-    # the schedule is pinned to the one it was measured with, and costs the same 25 UNet evaluations
-    from ctresample.methods.resample import nfe_per_sample
+    other, default = load_config(ResampleConfig, preset), load_config(ResampleConfig, "resample")
+    return {f.name for f in dataclasses.fields(ResampleConfig) if getattr(other, f.name) != getattr(default, f.name)}
 
+
+def test_resample_fast_preset_differs_from_the_default_only_in_its_cost_keys():
+    """``resample_fast`` lists only what it changes; everything else follows the default."""
+    from ctresample.methods.resample import ResampleConfig, nfe_per_sample
+
+    assert _changed_keys("resample_fast") == {"skip_interval", "tv_iterations", "warm_start_tv_iterations",
+                                              "tv_warm_dual", "final_consistency", "num_inference_steps",
+                                              "warm_start_fraction"}
+    # the schedule is pinned to the one it was measured with, and costs the same 25 UNet evaluations
+    fast, default = load_config(ResampleConfig, "resample_fast"), load_config(ResampleConfig, "resample")
     assert nfe_per_sample(fast) == nfe_per_sample(default) == 25
+
 
 def test_resample_10v_preset_is_the_default_entered_earlier():
     """``resample_10v`` changes only the schedule: the default's 25 UNet evaluations, from a noisier entry t."""
-    import dataclasses
     from pathlib import Path
 
     from diffusers import DDIMScheduler
 
-    import ctresample
-    from ctresample.methods.resample import ResampleConfig, nfe_per_sample, warm_start_index
+    from ctresample.methods.resample import ResampleConfig, nfe_per_sample, warm_start_index, weights_folder
 
+    assert _changed_keys("resample_10v") == {"num_inference_steps", "warm_start_fraction"}
     sparse, default = load_config(ResampleConfig, "resample_10v"), load_config(ResampleConfig, "resample")
-    changed = {f.name for f in dataclasses.fields(ResampleConfig)
-               if getattr(sparse, f.name) != getattr(default, f.name)}
-    assert changed == {"num_inference_steps", "warm_start_fraction"}
     assert nfe_per_sample(sparse) == nfe_per_sample(default) == 25
 
-    def entry(cfg):  # the timestep the warm start noises to, on the shipped prior's scheduler
-        s = DDIMScheduler.from_pretrained(Path(ctresample.__file__).parent / "pretrained" / "ldm-ct-256" / "scheduler")
+    def entry(cfg):  # the timestep the warm start noises to, on the scheduler of the prior cfg loads
+        s = DDIMScheduler.from_pretrained(Path(weights_folder(cfg)) / "scheduler")
         s.set_timesteps(cfg.num_inference_steps)
         return int(s.timesteps[warm_start_index(cfg)])
 
