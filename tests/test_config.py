@@ -65,6 +65,19 @@ def _changed_keys(preset: str) -> set[str]:
     return {f.name for f in dataclasses.fields(ResampleConfig) if getattr(other, f.name) != getattr(default, f.name)}
 
 
+def _entry_timestep(cfg) -> int:
+    """The timestep the warm start noises to, on the scheduler of the prior ``cfg`` loads."""
+    from pathlib import Path
+
+    from diffusers import DDIMScheduler
+
+    from ctresample.methods.resample import warm_start_index, weights_folder
+
+    s = DDIMScheduler.from_pretrained(Path(weights_folder(cfg)) / "scheduler")
+    s.set_timesteps(cfg.num_inference_steps)
+    return int(s.timesteps[warm_start_index(cfg)])
+
+
 def test_resample_fast_preset_differs_from_the_default_only_in_its_cost_keys():
     """``resample_fast`` lists only what it changes; everything else follows the default."""
     from ctresample.methods.resample import ResampleConfig, nfe_per_sample
@@ -79,19 +92,20 @@ def test_resample_fast_preset_differs_from_the_default_only_in_its_cost_keys():
 
 def test_resample_10v_preset_is_the_default_entered_earlier():
     """``resample_10v`` changes only the schedule: the default's 25 UNet evaluations, from a noisier entry t."""
-    from pathlib import Path
-
-    from diffusers import DDIMScheduler
-
-    from ctresample.methods.resample import ResampleConfig, nfe_per_sample, warm_start_index, weights_folder
+    from ctresample.methods.resample import ResampleConfig, nfe_per_sample
 
     assert _changed_keys("resample_10v") == {"num_inference_steps", "warm_start_fraction"}
     sparse, default = load_config(ResampleConfig, "resample_10v"), load_config(ResampleConfig, "resample")
     assert nfe_per_sample(sparse) == nfe_per_sample(default) == 25
 
-    def entry(cfg):  # the timestep the warm start noises to, on the scheduler of the prior cfg loads
-        s = DDIMScheduler.from_pretrained(Path(weights_folder(cfg)) / "scheduler")
-        s.set_timesteps(cfg.num_inference_steps)
-        return int(s.timesteps[warm_start_index(cfg)])
+    assert _entry_timestep(default) == 24 and _entry_timestep(sparse) == 120
 
-    assert entry(default) == 24 and entry(sparse) == 120
+
+def test_resample_half_preset_is_the_default_on_a_coarser_schedule():
+    """``resample_half`` changes only the step count: about half the default's UNet evaluations, the same entry."""
+    from ctresample.methods.resample import ResampleConfig, nfe_per_sample
+
+    assert _changed_keys("resample_half") == {"num_inference_steps"}
+    half, default = load_config(ResampleConfig, "resample_half"), load_config(ResampleConfig, "resample")
+    assert nfe_per_sample(half) == 12 and nfe_per_sample(default) == 25
+    assert _entry_timestep(half) == 22 and _entry_timestep(default) == 24
