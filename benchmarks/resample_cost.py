@@ -124,12 +124,17 @@ def _synced(device: str):
         torch.cuda.synchronize()
 
 
-def time_unet(prior, batch: int, device: str, repeat: int = 3, t: int = 500) -> float:
-    """Median seconds of one ``prior.predict_eps`` call on ``batch`` random latents."""
+def time_unet(prior, batch: int, device: str, repeat: int = 3, t: int = 500, network_dtype: str = "float32") -> float:
+    """Median seconds of one ``prior.predict_eps`` call on ``batch`` random latents (under a bf16
+    autocast for ``network_dtype: bfloat16``, as the method ran it)."""
+    from contextlib import nullcontext
+
     g = torch.Generator().manual_seed(1)
     z = torch.randn((batch, *prior.latent_shape), generator=g).to(device)
     times = []
-    with torch.no_grad():
+    cast = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if network_dtype == "bfloat16"
+            else nullcontext())
+    with torch.no_grad(), cast:
         prior.predict_eps(z, t)  # warm-up
         for _ in range(max(1, repeat)):
             _synced(device)
@@ -194,7 +199,7 @@ def profile_method(run, prior, geom, sino: torch.Tensor, batch: int, device: str
     row.update({f"{c}_s": prof.seconds[c] for c in CATEGORIES})
     row["other_s"] = wall - sum(prof.seconds.values())
     if prior is not None and nfe:
-        t_unet = time_unet(prior, batch, device, unet_repeat)
+        t_unet = time_unet(prior, batch, device, unet_repeat, network_dtype=out.info.get("network_dtype", "float32"))
         row["unet_call_s"] = t_unet
         row["ratio"] = wall / (nfe * t_unet)
         row["ratio_run"] = wall / max(prof.seconds["unet"], 1e-12)

@@ -59,6 +59,9 @@ def main(argv=None):
     from operators import MU_WATER, hu_to_mu, mu_to_hu, projector_for
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    # one chain per slice: the solve tuned here is a chain's own (the mirror average averages two such chains)
+    if overrides.setdefault("mirror_average", False):
+        raise SystemExit("this script tunes one chain's closing solve: it needs mirror_average: false")
     cfg = load_config(R.ResampleConfig, args.config, overrides=overrides)
     if cfg.pixel_solver != "tv" or cfg.final_consistency != "last":
         raise SystemExit("tune_last_solve needs pixel_solver: tv and final_consistency: last")

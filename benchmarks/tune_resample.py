@@ -52,6 +52,9 @@ def main(argv=None):
     from operators import MU_WATER, hu_to_mu, mu_to_hu, projector_for
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    # one chain per slice: the solve tuned here is a chain's own (the mirror average averages two such chains)
+    if overrides.setdefault("mirror_average", False):
+        raise SystemExit("this script tunes one chain's closing solve: it needs mirror_average: false")
     overrides.update(final_consistency="none", clip_output=False)
     cfg = load_config(ResampleConfig, args.config, overrides=overrides)
     lam_scales = [float(v) for v in args.lam_scales.split(",")]

@@ -84,19 +84,21 @@ def test_resample_fast_preset_differs_from_the_default_only_in_its_cost_keys():
 
     assert _changed_keys("resample_fast") == {"skip_interval", "tv_iterations", "warm_start_tv_iterations",
                                               "tv_warm_dual", "final_consistency", "num_inference_steps",
-                                              "warm_start_fraction"}
-    # the schedule is pinned to the one it was measured with, and costs the same 25 UNet evaluations
+                                              "warm_start_fraction", "mirror_average"}
+    # the schedule is pinned to the one it was measured with: one chain of 25 UNet evaluations, the default two
     fast, default = load_config(ResampleConfig, "resample_fast"), load_config(ResampleConfig, "resample")
-    assert nfe_per_sample(fast) == nfe_per_sample(default) == 25
+    assert nfe_per_sample(fast) == 25 and nfe_per_sample(default) == 50
+    assert default.mirror_average and not fast.mirror_average
 
 
 def test_resample_10v_preset_is_the_default_entered_earlier():
-    """``resample_10v`` changes only the schedule: the default's 25 UNet evaluations, from a noisier entry t."""
+    """``resample_10v`` changes the schedule (25 UNet evaluations per chain, from a noisier entry t) and runs one
+    chain, as it was measured."""
     from ctresample.methods.resample import ResampleConfig, nfe_per_sample
 
-    assert _changed_keys("resample_10v") == {"num_inference_steps", "warm_start_fraction"}
+    assert _changed_keys("resample_10v") == {"num_inference_steps", "warm_start_fraction", "mirror_average"}
     sparse, default = load_config(ResampleConfig, "resample_10v"), load_config(ResampleConfig, "resample")
-    assert nfe_per_sample(sparse) == nfe_per_sample(default) == 25
+    assert nfe_per_sample(sparse) == 25 and nfe_per_sample(default) == 50
 
     assert _entry_timestep(default) == 24 and _entry_timestep(sparse) == 120
 
@@ -107,5 +109,5 @@ def test_resample_half_preset_is_the_default_on_a_coarser_schedule():
 
     assert _changed_keys("resample_half") == {"num_inference_steps"}
     half, default = load_config(ResampleConfig, "resample_half"), load_config(ResampleConfig, "resample")
-    assert nfe_per_sample(half) == 12 and nfe_per_sample(default) == 25
+    assert nfe_per_sample(half) == 24 and nfe_per_sample(default) == 50  # both average two chains
     assert _entry_timestep(half) == 22 and _entry_timestep(default) == 24

@@ -102,6 +102,7 @@ class ResampleConfig:
 
     prior: str | None = None  # saved prior folder; None = the shipped ldm-ct-256
     channels_last: bool = True  # the prior's networks in NHWC layout: ~20 % faster on CPU, values to ~0.01 HU
+    network_dtype: str = "float32"  # "bfloat16": the networks under torch.autocast (fast where the CPU/GPU has bf16)
     num_inference_steps: int = 800  # DDIM steps (NFE per sample without warm start)
     eta: float = 0.0  # DDIM noise (0 deterministic DDIM, 1 DDPM-like)
     gamma: float = 40.0  # sigma_t^2 = gamma * DDPM variance (small: trust the prior, large: the data)
@@ -147,6 +148,7 @@ class ResampleConfig:
     warm_start_iterations: int = 50  # SIRT iterations of the warm-start image
     clip_output: bool = True  # clip the output to the HU window [-1024, 3071]
     n_samples: int = 1  # posterior samples per slice (mean + std map when > 1)
+    mirror_average: bool = True  # each sample also runs on the slice's left-right mirror image; the two are averaged
     mu_water: float = MU_WATER  # 1/mm, must match the value used to make the sinogram
 
 
@@ -178,8 +180,9 @@ def warm_start_index(cfg: ResampleConfig) -> int:
 
 
 def nfe_per_sample(cfg: ResampleConfig) -> int:
-    """UNet evaluations of one trajectory: the DDIM steps after the warm-start entry."""
-    return int(cfg.num_inference_steps) - warm_start_index(cfg)
+    """UNet evaluations of one posterior sample: the DDIM steps after the warm-start entry, twice with
+    ``mirror_average`` (two trajectories)."""
+    return (int(cfg.num_inference_steps) - warm_start_index(cfg)) * (2 if cfg.mirror_average else 1)
 
 
 def _check(cfg: ResampleConfig) -> None:
@@ -216,6 +219,67 @@ def _check(cfg: ResampleConfig) -> None:
         raise ValueError(f"tv_edge_hu must be > 0 (HU per pixel), got {cfg.tv_edge_hu}")
     if not (0.0 <= cfg.warm_start_fraction < 1.0):
         raise ValueError("warm_start_fraction must be in [0, 1)")
+    if cfg.network_dtype not in _NETWORK_DTYPES:
+        raise ValueError(f"network_dtype must be one of {sorted(_NETWORK_DTYPES)}, got {cfg.network_dtype!r}")
+
+
+_NETWORK_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+
+
+class AutocastPrior:
+    """The prior with its networks (encoder, decoder, UNet) run under ``torch.autocast(dtype)``.
+
+    Only the network calls are autocast: Tweedie, the DDIM step, resampling and every solver
+    stay in float32, and the prior returns float32 latents, HU and noise. Everything else is the
+    prior's own.
+    """
+
+    def __init__(self, prior, dtype: torch.dtype):
+        self.prior = prior
+        self.autocast_dtype = dtype
+
+    def _run(self, fn, *args):
+        with torch.autocast(self.prior.device.type, dtype=self.autocast_dtype):
+            return fn(*args)
+
+    def encode(self, hu: torch.Tensor) -> torch.Tensor:
+        return self._run(self.prior.encode, hu)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self._run(self.prior.decode, z)
+
+    def predict_eps(self, z_t: torch.Tensor, t) -> torch.Tensor:
+        return self._run(self.prior.predict_eps, z_t, t)
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["prior"], name)
+
+
+class Mirrored:
+    """``A M``: the operator ``A`` applied after mirroring the image left-right (``M`` flips the width axis).
+
+    ``M`` is its own inverse and transpose, so ``adjoint(r) = M A^T r`` is the exact adjoint and
+    ``||A M|| = ||A||``. A solver or chain run with this operator on a sinogram ``y = A x``
+    reconstructs the mirror image ``M x``. Everything else (``geometry``, shapes, checks) is ``A``'s.
+    """
+
+    def __init__(self, A):
+        self.A = A
+        self.same_norm_as = A  # M is orthogonal (solvers.cg.operator_norm_sq)
+
+    @staticmethod
+    def flip(x: torch.Tensor) -> torch.Tensor:
+        """``M x``."""
+        return x.flip(-1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.A(x.flip(-1))
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self.A.adjoint(y).flip(-1)
+
+    def __getattr__(self, name):  # geometry, domain_shape, range_shape, _check, ...
+        return getattr(self.__dict__["A"], name)
 
 
 def weights_folder(cfg: ResampleConfig):
@@ -550,16 +614,29 @@ def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=Non
     device = y.device
     prior = _common.resolve_prior(prior, cfg.prior, device, cfg.channels_last)
     _common.check_geometry(prior, geometry)
+    _check(cfg)
+    if _NETWORK_DTYPES[cfg.network_dtype] is not None:
+        prior = AutocastPrior(prior, _NETWORK_DTYPES[cfg.network_dtype])
     A = projector_for(geometry, device)
     batch, k = y.shape[0], int(cfg.n_samples)
-    y_traj = y.repeat_interleave(k, dim=0) if k > 1 else y
+    m = 2 if cfg.mirror_average else 1
+    y_traj = y.repeat_interleave(k, dim=0) if k > 1 else y  # rows: slice, then sample
     x0, info = resample(prior, A, y_traj, cfg, generator, callback=callback)
-    inner = torch.tensor(info["inner_iterations"]).reshape(batch, k).sum(dim=1)
+    inner = torch.tensor(info["inner_iterations"])
+    if m == 2:
+        # the same chain on the mirror image (A M), mirrored back and averaged with the first
+        x_m, info_m = resample(prior, Mirrored(A), y_traj, cfg, generator, callback=callback)
+        x0 = 0.5 * (x0 + Mirrored.flip(x_m))
+        inner = inner + torch.tensor(info_m["inner_iterations"])
+        for key in ("decoder_calls", "encoder_calls"):
+            info[key] += info_m[key]
+    inner = inner.reshape(batch, k).sum(dim=1)
     info.update(
-        nfe=info["nfe"] * k,
-        nfe_per_sample=info["nfe"],
+        nfe=info["nfe"] * k * m,
+        nfe_per_sample=info["nfe"] * m,
         n_samples=k,
         inner_iterations=inner.tolist(),
+        network_dtype=cfg.network_dtype,
     )
     out = _common.pack_samples(x0, batch, k, info)
     out.info["data_residual"] = _common.data_residual(A, y, out.image, cfg.mu_water).tolist()

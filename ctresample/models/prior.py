@@ -184,7 +184,7 @@ class LatentDiffusionPrior(torch.nn.Module):
         if hu.ndim != 4 or hu.shape[1] != 1:
             raise ValueError(f"encode expects HU slices of shape (B, 1, H, W), got {tuple(hu.shape)}")
         x = hu_to_unit(hu.to(self.dtype)).contiguous(memory_format=self.memory_format)
-        moments = self.vae.encode(x).latent_dist.mean
+        moments = self.vae.encode(x).latent_dist.mean.to(self.dtype)  # float32 again under a bf16 autocast
         return moments * self.latent_scale
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -192,7 +192,7 @@ class LatentDiffusionPrior(torch.nn.Module):
         if z.ndim != 4:
             raise ValueError(f"decode expects latents of shape (B, c, h, w), got {tuple(z.shape)}")
         x = self.vae.decode((z.to(self.dtype) / self.latent_scale).contiguous(memory_format=self.memory_format)).sample
-        return unit_to_hu(x)
+        return unit_to_hu(x.to(self.dtype))  # HU in the prior's dtype, also under a bf16 autocast
 
     # ------------------------------------------------------------------ diffusion
     def _timesteps(self, t, batch: int) -> torch.Tensor:

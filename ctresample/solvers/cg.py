@@ -29,8 +29,10 @@ def operator_norm_sq(A, *, device=None, dtype=torch.float32, n_iter: int = 30) -
     """``||A||_2^2`` (largest eigenvalue of ``A^T A``) by power iteration, cached per operator.
 
     Used to make the proximal weight ``lam`` dimensionless (independent of image size,
-    pixel size and number of views).
+    pixel size and number of views). An operator that composes another with an orthogonal map
+    (its norm is the other's) names that one as ``same_norm_as``, whose cached value is used.
     """
+    A = getattr(A, "same_norm_as", A)
     key = (id(A), getattr(A, "geometry", None), str(device), dtype)
     if key in _NORM_CACHE:
         return _NORM_CACHE[key]

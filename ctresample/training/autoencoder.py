@@ -1,7 +1,7 @@
 """Train the slice autoencoder (diffusers ``AutoencoderKL``) with accelerate.
 
-Loss: ``L1(D(z), x) + kl_weight * KL(q(z|x) || N(0, I)) / (H * W)`` on slices normalised to
-[-1, 1], ``z`` sampled from the posterior (the LDM recipe without the perceptual/GAN
+Loss: ``l1_weight * L1(D(z), x) + mse_weight * MSE(D(z), x) + kl_weight * KL(q(z|x) || N(0, I)) / (H * W)``
+on slices normalised to [-1, 1], ``z`` sampled from the posterior (the LDM recipe without the perceptual/GAN
 terms, which need pretrained networks we do not have offline). The KL term only keeps the
 latent bounded; the diffusion stage rescales latents to unit variance anyway.
 
@@ -45,6 +45,8 @@ class AutoencoderTrainConfig(TrainRunConfig):
     vae: dict = field(default_factory=_default_vae)
     crop: int = 96                      # training crop (px); the model is fully convolutional
     kl_weight: float = 1e-6
+    l1_weight: float = 1.0              # L1 reconstruction term (the from-scratch recipe)
+    mse_weight: float = 0.0             # squared-error term: what PSNR measures (a decoder fine-tune may lean on it)
     ema_decay: float = 0.999
     val_every: int = 250                # validation PSNR (EMA weights) every this many steps
     val_slices: int = 8                 # validation slices (full size) for the PSNR monitor
@@ -100,6 +102,8 @@ def train_autoencoder(config=None, *, resume: bool = False, train_hu: np.ndarray
         brings its own).
     """
     cfg = load_config(AutoencoderTrainConfig, config, overrides)
+    if min(cfg.l1_weight, cfg.mse_weight) < 0 or cfg.l1_weight + cfg.mse_weight <= 0:
+        raise ValueError(f"l1_weight ({cfg.l1_weight}) and mse_weight ({cfg.mse_weight}) must be >= 0 and not both 0")
     out, acc = loop.start_run(cfg)
     if train_hu is None:
         train_hu, train_subject, val_from_split = _load_split_arrays(cfg)
@@ -141,9 +145,11 @@ def train_autoencoder(config=None, *, resume: bool = False, train_hu: np.ndarray
     def loss_fn(x):
         with acc.autocast():
             rec, kl = model(x)
-            l1 = (rec.float() - x).abs().mean()
-            loss = l1 + cfg.kl_weight * kl.mean() / (x.shape[-1] * x.shape[-2])
-        return loss, {"l1": l1.detach(), "kl": kl.mean().detach()}
+            err = rec.float() - x
+            l1 = err.abs().mean()
+            mse = err.square().mean()
+            loss = cfg.l1_weight * l1 + cfg.mse_weight * mse + cfg.kl_weight * kl.mean() / (x.shape[-1] * x.shape[-2])
+        return loss, {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.mean().detach()}
 
     def monitor(step):
         if step % cfg.val_every == 0 and acc.is_main_process:

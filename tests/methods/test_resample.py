@@ -10,7 +10,7 @@ from operators import projector_for
 
 # the paper's structure (noise start, no final solve), tiny sizes
 FAST = dict(num_inference_steps=6, skip_interval=2, start_fraction=0.3, cg_max_iter=5, noise_sigma=None,
-            warm_start="none", final_consistency="none", cg_lambda=0.01, n_samples=1)
+            warm_start="none", final_consistency="none", cg_lambda=0.01, n_samples=1, mirror_average=False)
 
 
 def _gen(seed=0):
@@ -246,7 +246,7 @@ def test_latent_dps_shapes_determinism_and_zeta_zero_is_ddim(tiny_prior, tiny_pr
                                prior=tiny_prior)
     r = ctresample.reconstruct(y, geom, method="resample", generator=_gen(0), prior=tiny_prior,
                                config=dict(num_inference_steps=4, start_fraction=1.0, warm_start="none",
-                                           final_consistency="none", n_samples=1))
+                                           final_consistency="none", n_samples=1, mirror_average=False))
     torch.testing.assert_close(d.image, r.image)
     assert not torch.equal(a.image, d.image)
 
@@ -254,12 +254,13 @@ def test_latent_dps_shapes_determinism_and_zeta_zero_is_ddim(tiny_prior, tiny_pr
 def test_default_config_runs(tiny_prior, tiny_problem):
     geom, hu, y = tiny_problem
     out = ctresample.reconstruct(y, geom, method="resample", generator=_gen(0), prior=tiny_prior)
-    assert out.info["nfe_per_sample"] == 25 and len(out.info["consistency_steps"]) == 25
-    assert out.info["n_samples"] == 1 and out.info["nfe"] == 25  # one sample (TV consistency: samples agree)
+    # one sample (TV consistency: samples agree), its chain run on the slice and on its mirror image
+    assert out.info["nfe_per_sample"] == 50 and len(out.info["consistency_steps"]) == 25
+    assert out.info["n_samples"] == 1 and out.info["nfe"] == 50
     assert out.std is None
     # TV consistency: 50 iterations at each of 24 steps (warm duals); the last step's solve (100) is the output
-    assert out.info["inner_iterations"] == [24 * 50 + 100] * y.shape[0]
-    assert out.info["decoder_calls"] == 25 and out.info["encoder_calls"] == 25  # 24 steps + the warm start
+    assert out.info["inner_iterations"] == [2 * (24 * 50 + 100)] * y.shape[0]
+    assert out.info["decoder_calls"] == 2 * 25 and out.info["encoder_calls"] == 2 * 25  # 24 steps + the warm start
 
 
 def test_warm_start_skips_steps(tiny_prior, tiny_problem):
@@ -375,3 +376,87 @@ def test_tv_warm_start_hands_its_duals_to_the_first_step(tiny_prior, tiny_proble
     ctresample.reconstruct(y, geom, method="resample", config=dict(cfg, tv_warm_dual=False), generator=_gen(0),
                            prior=tiny_prior)
     assert all(dual0 is None for dual0, _, _ in calls)
+
+
+def test_mirrored_operator(tiny_problem):
+    """``A M`` mirrors the image before projecting; its adjoint is exact and its norm is ``A``'s."""
+    from ctresample.methods.resample import Mirrored
+    from ctresample.solvers.cg import operator_norm_sq
+
+    geom, hu, y = tiny_problem
+    A = projector_for(geom)
+    Am = Mirrored(A)
+    g = _gen(0)
+    x = torch.rand(2, 1, 32, 32, generator=g)
+    r = torch.rand(2, 1, *geom.sinogram_shape, generator=g)
+    torch.testing.assert_close(Am(x), A(x.flip(-1)))
+    assert not torch.allclose(Am(x), A(x))
+    lhs, rhs = (Am(x) * r).sum(), (x * Am.adjoint(r)).sum()
+    assert abs(float(lhs - rhs)) <= 1e-5 * abs(float(lhs))
+    assert Am.geometry == geom and Am.domain_shape == A.domain_shape and Am.range_shape == A.range_shape
+    assert operator_norm_sq(Am) == operator_norm_sq(A)
+
+
+def test_mirrored_operator_reconstructs_the_mirror_image(tiny_problem):
+    """A solver run with ``A M`` on the same sinogram returns the mirror image of the plain run (SIRT and TV)."""
+    from ctresample.methods.resample import Mirrored, _warm_start_image
+
+    geom, hu, y = tiny_problem
+    A = projector_for(geom)
+    for start in ("sirt", "tv"):
+        cfg = ResampleConfig(warm_start=start, warm_start_iterations=30, warm_start_tv_iterations=60)
+        x, _ = _warm_start_image(A, y, cfg)
+        x_m, _ = _warm_start_image(Mirrored(A), y, cfg)
+        mirrored_back, unmirrored = (x_m.flip(-1) - x).abs(), (x_m - x).abs()
+        assert float(unmirrored.mean()) > 20.0  # the slices are not symmetric: the images differ
+        if start == "sirt":
+            assert float(mirrored_back.max()) <= 1e-3
+        else:  # isotropic TV's forward differences are not mirror-symmetric: close, not equal
+            assert float(mirrored_back.mean()) <= 0.15 * float(unmirrored.mean()), start
+
+
+def test_mirror_average_is_the_pair_mean(tiny_prior, tiny_problem):
+    """``mirror_average``: a second chain on the mirror image, flipped back and averaged with the first."""
+    from ctresample.methods.resample import Mirrored
+
+    geom, hu, y = tiny_problem
+    cfg = {**FAST, "mirror_average": True}
+    out = ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(4), prior=tiny_prior)
+    A = projector_for(geom)
+    g = _gen(4)
+    x, info = resample(tiny_prior, A, y, ResampleConfig(**cfg), g)
+    x_m, _ = resample(tiny_prior, Mirrored(A), y, ResampleConfig(**cfg), g)
+    torch.testing.assert_close(out.image, 0.5 * (x + x_m.flip(-1)))
+    assert float((x - x_m.flip(-1)).abs().max()) > 0  # the two chains differ
+    assert out.info["nfe"] == 2 * info["nfe"] == nfe_per_sample(ResampleConfig(**cfg))
+    assert nfe_per_sample(ResampleConfig(**cfg)) == 2 * nfe_per_sample(ResampleConfig(**FAST))
+    assert out.info["decoder_calls"] == 2 * info["decoder_calls"]
+    assert len(out.info["inner_iterations"]) == 2
+    post = ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(4), prior=tiny_prior,
+                                  n_samples=2)
+    assert post.image.shape == (2, 1, 32, 32) and post.std.shape == (2, 1, 32, 32)
+    assert post.info["nfe"] == 2 * out.info["nfe"]
+
+
+def test_network_dtype_bfloat16(tiny_prior, tiny_problem):
+    """``network_dtype: bfloat16`` runs the networks under autocast, close to float32; the rest stays float32."""
+    from ctresample.methods.resample import AutocastPrior
+
+    geom, hu, y = tiny_problem
+    fast = AutocastPrior(tiny_prior, torch.bfloat16)
+    z = tiny_prior.encode(hu)
+    z_b = fast.encode(hu)
+    x, x_b = tiny_prior.decode(z), fast.decode(z)
+    assert z_b.dtype == x_b.dtype == fast.predict_eps(z, 3).dtype == torch.float32
+    # bf16 rounding (8 bits of mantissa), not another network: mean error within 1 % (HU), 3 % (latents)
+    assert 0 < float((x_b - x).abs().mean()) < 0.01 * float((x + 1024).abs().mean())
+    assert 0 < float((z_b - z).abs().mean()) < 0.03 * float(z.abs().mean())
+    a = ctresample.reconstruct(y, geom, method="resample", config=FAST, generator=_gen(5), prior=tiny_prior)
+    b = ctresample.reconstruct(y, geom, method="resample", config={**FAST, "network_dtype": "bfloat16"},
+                               generator=_gen(5), prior=tiny_prior)
+    diff = (a.image - b.image).abs()
+    assert b.image.dtype == torch.float32 and 0 < float(diff.max())
+    assert float(diff.mean()) < 0.01 * float((a.image + 1024).abs().mean()), float(diff.mean())
+    with pytest.raises(ValueError, match="network_dtype"):
+        ctresample.reconstruct(y, geom, method="resample", config={**FAST, "network_dtype": "float16"},
+                               prior=tiny_prior)

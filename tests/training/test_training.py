@@ -100,6 +100,8 @@ def test_presets_load():
     assert gpu.mixed_precision == "bf16" and gpu.init_from and gpu.batch_size > d.batch_size
     ft = load_config(AutoencoderTrainConfig, "train_decoder_finetune")
     assert ft.freeze_encoder and ft.init_vae and ft.balance_subjects > 0
+    mse = load_config(AutoencoderTrainConfig, "train_decoder_mse")
+    assert mse.freeze_encoder and mse.mse_weight > 0 and mse.l1_weight > 0
     assert isinstance(a.augment, Augment) and a.vae["latent_channels"] >= 3
     assert d.autoencoder.endswith("vae")
     with pytest.raises(ValueError, match="unknown"):
@@ -123,6 +125,26 @@ def test_decoder_only_finetune_keeps_encoder(tmp_path):
     pairs = zip(vae.state_dict().items(), ft.state_dict().values(), strict=True)
     assert any(not torch.equal(a, b) for (name, a), b in pairs
                if name.startswith("decoder."))
+
+
+def test_autoencoder_squared_error_loss(tmp_path):
+    hu = phantoms(8, 32)
+    common = dict(vae=TINY_VAE, image_size=32, crop=None, batch_size=4, lr=3e-3, warmup_steps=1,
+                  lr_final_fraction=1.0, log_every=1, val_every=1000, val_slices=2, num_threads=1, max_minutes=5,
+                  augment=Augment(max_rotation_deg=0, zoom=0), kl_weight=0.0)
+    torch.manual_seed(0)
+    train_autoencoder(None, train_hu=hu, val_hu=hu[:2], progress=False, max_steps=30, l1_weight=0.0, mse_weight=1.0,
+                      output_dir=str(tmp_path / "mse"), **common)
+    history = torch.load(tmp_path / "mse" / "checkpoint.pt", weights_only=False)["history"]
+    logged = [h for h in history if "mse" in h]
+    # the optimised loss is the squared error alone, and it goes down
+    assert all(abs(h["loss"] - h["mse"]) <= 1e-6 * max(1.0, h["mse"]) for h in logged)
+    first, last = _first_last(history, "mse")
+    assert last < 0.5 * first, (first, last)
+    for bad in ({"l1_weight": 0.0, "mse_weight": 0.0}, {"mse_weight": -1.0}):
+        with pytest.raises(ValueError, match="mse_weight"):
+            train_autoencoder(None, train_hu=hu, val_hu=hu[:2], progress=False, max_steps=1,
+                              output_dir=str(tmp_path / "bad"), **{**common, **bad})
 
 
 def test_sample_timesteps_mixture():
