@@ -602,7 +602,11 @@ def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=Non
         Use this prior object instead of loading ``config.prior``.
     n_samples : int, optional
         Posterior samples per slice (overrides the config): the image is their mean and
-        ``std`` the per-pixel standard deviation (HU).
+        ``std`` the per-pixel standard deviation (HU). With ``mirror_average`` each sample is the
+        mean of a chain on the slice and one on its mirror image.
+    callback : callable(i, t, z0_hat), optional
+        Passed to :func:`resample`; with ``mirror_average`` it sees both chains in turn, the
+        second's latents those of the mirror image.
     **kwargs
         Single config fields to override.
     """
