@@ -103,6 +103,17 @@ def tuning_parser(description: str, threads: int = 1):
     return p
 
 
+def one_chain_overrides(items) -> dict:
+    """``--set key=value`` items (YAML values) as config overrides, with ``mirror_average: false``: the tuning
+    scripts re-run one chain's closing solve (the mirror average averages two such chains)."""
+    import yaml
+
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in items)}
+    if overrides.setdefault("mirror_average", False):
+        raise SystemExit("this script tunes one chain's closing solve: it needs mirror_average: false")
+    return overrides
+
+
 def chain_batch(slices, batch, sinos, views: int, seed: int):
     """``(geometry, generator, sinogram)`` of one evaluation batch, as ``ctresample evaluate`` makes them.
 

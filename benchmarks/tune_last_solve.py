@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import chain_batch, summarise, tuning_parser  # noqa: E402
+from common import chain_batch, one_chain_overrides, summarise, tuning_parser  # noqa: E402
 
 
 def main(argv=None):
@@ -43,8 +43,6 @@ def main(argv=None):
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    import yaml
-
     from ctresample.config import load_config
     from ctresample.evaluation.runner import _batches, _simulate
     from ctresample.evaluation.settings import Setting
@@ -58,10 +56,7 @@ def main(argv=None):
     from ctresample.workflows.subjects import default_data_root
     from operators import MU_WATER, hu_to_mu, mu_to_hu, projector_for
 
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    # one chain per slice: the solve tuned here is a chain's own (the mirror average averages two such chains)
-    if overrides.setdefault("mirror_average", False):
-        raise SystemExit("this script tunes one chain's closing solve: it needs mirror_average: false")
+    overrides = one_chain_overrides(args.set)
     cfg = load_config(R.ResampleConfig, args.config, overrides=overrides)
     if cfg.pixel_solver != "tv" or cfg.final_consistency != "last":
         raise SystemExit("tune_last_solve needs pixel_solver: tv and final_consistency: last")
