@@ -104,13 +104,16 @@ def tuning_parser(description: str, threads: int = 1):
 
 
 def one_chain_overrides(items) -> dict:
-    """``--set key=value`` items (YAML values) as config overrides, with ``mirror_average: false``: the tuning
-    scripts re-run one chain's closing solve (the mirror average averages two such chains)."""
+    """``--set key=value`` items (YAML values) as config overrides, with ``frames: [identity]``: the tuning
+    scripts re-run one chain's closing solve (the default averages such chains over several frames)."""
     import yaml
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in items)}
-    if overrides.setdefault("mirror_average", False):
-        raise SystemExit("this script tunes one chain's closing solve: it needs mirror_average: false")
+    if overrides.get("mirror_average"):
+        raise SystemExit("this script tunes one chain's closing solve: it needs frames: [identity]")
+    overrides.setdefault("frames", ["identity"])
+    if list(overrides["frames"]) != ["identity"]:
+        raise SystemExit("this script tunes one chain's closing solve: it needs frames: [identity]")
     return overrides
 
 

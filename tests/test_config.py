@@ -80,15 +80,15 @@ def _entry_timestep(cfg) -> int:
 
 def test_resample_fast_preset_differs_from_the_default_only_in_its_cost_keys():
     """``resample_fast`` lists only what it changes; everything else follows the default."""
-    from ctresample.methods.resample import ResampleConfig, nfe_per_sample
+    from ctresample.methods.resample import ResampleConfig, chain_frames, nfe_per_sample
 
     assert _changed_keys("resample_fast") == {"skip_interval", "tv_iterations", "warm_start_tv_iterations",
                                               "tv_warm_dual", "final_consistency", "num_inference_steps",
-                                              "warm_start_fraction", "mirror_average"}
-    # the schedule is pinned to the one it was measured with: one chain of 25 UNet evaluations, the default two
+                                              "warm_start_fraction", "frames"}
+    # the schedule is pinned to the one it was measured with: one chain of 25 UNet evaluations, the default four
     fast, default = load_config(ResampleConfig, "resample_fast"), load_config(ResampleConfig, "resample")
-    assert nfe_per_sample(fast) == 25 and nfe_per_sample(default) == 50
-    assert default.mirror_average and not fast.mirror_average
+    assert nfe_per_sample(fast) == 25 and nfe_per_sample(default) == 100
+    assert len(chain_frames(default)) > 1 and chain_frames(fast) == ["identity"]
 
 
 def test_resample_10v_preset_is_the_default_entered_earlier():
@@ -96,9 +96,9 @@ def test_resample_10v_preset_is_the_default_entered_earlier():
     chain, as it was measured."""
     from ctresample.methods.resample import ResampleConfig, nfe_per_sample
 
-    assert _changed_keys("resample_10v") == {"num_inference_steps", "warm_start_fraction", "mirror_average"}
+    assert _changed_keys("resample_10v") == {"num_inference_steps", "warm_start_fraction", "frames"}
     sparse, default = load_config(ResampleConfig, "resample_10v"), load_config(ResampleConfig, "resample")
-    assert nfe_per_sample(sparse) == 25 and nfe_per_sample(default) == 50
+    assert nfe_per_sample(sparse) == 25 and nfe_per_sample(default) == 100
 
     assert _entry_timestep(default) == 24 and _entry_timestep(sparse) == 120
 
@@ -109,5 +109,5 @@ def test_resample_half_preset_is_the_default_on_a_coarser_schedule():
 
     assert _changed_keys("resample_half") == {"num_inference_steps"}
     half, default = load_config(ResampleConfig, "resample_half"), load_config(ResampleConfig, "resample")
-    assert nfe_per_sample(half) == 24 and nfe_per_sample(default) == 50  # both average two chains
+    assert nfe_per_sample(half) == 48 and nfe_per_sample(default) == 100  # both average four frames' chains
     assert _entry_timestep(half) == 22 and _entry_timestep(default) == 24

@@ -102,7 +102,8 @@ class ResampleConfig:
 
     prior: str | None = None  # saved prior folder; None = the shipped ldm-ct-256
     channels_last: bool = True  # the prior's networks in NHWC layout: ~20 % faster on CPU, values to ~0.01 HU
-    network_dtype: str = "float32"  # "bfloat16": the networks under torch.autocast (faster on CPUs with bf16 units)
+    network_dtype: str = "auto"  # "bfloat16": the networks under torch.autocast (faster on CPUs with bf16 units);
+    # "auto": bfloat16 where the device computes in it natively (resolve_network_dtype), else float32
     num_inference_steps: int = 800  # DDIM steps (NFE per sample without warm start)
     eta: float = 0.0  # DDIM noise (0 deterministic DDIM, 1 DDPM-like)
     gamma: float = 40.0  # sigma_t^2 = gamma * DDPM variance (small: trust the prior, large: the data)
@@ -148,7 +149,13 @@ class ResampleConfig:
     warm_start_iterations: int = 50  # SIRT iterations of the warm-start image
     clip_output: bool = True  # clip the output to the HU window [-1024, 3071]
     n_samples: int = 1  # posterior samples per slice (mean + std map when > 1)
-    mirror_average: bool = True  # each sample also runs on the slice's left-right mirror image; the two are averaged
+    frames: tuple = ("identity", "mirror", "shift", "mirror+shift")  # each sample's chain runs in these frames
+    # of the image, moved back and averaged (NFE x frames): "identity", "mirror" (left-right), "shift" (circular,
+    # frame_shift pixels down and right), "mirror+shift"
+    frame_shift: int = 2  # pixels of the "shift" frames (2 = half a latent pixel of the shipped 4x autoencoder)
+    frame_border: int = 12  # pixels along the image's edges where the shift frames are left out of the average
+    # (their chains see the wrapped-around strip there); 0 = plain average everywhere
+    mirror_average: bool | None = None  # older name: true = frames [identity, mirror], false = [identity]
     mu_water: float = MU_WATER  # 1/mm, must match the value used to make the sinogram
 
 
@@ -179,13 +186,32 @@ def warm_start_index(cfg: ResampleConfig) -> int:
     return min(int(round(cfg.warm_start_fraction * n)), n - 1)
 
 
+def chain_frames(cfg: ResampleConfig) -> list[str]:
+    """The frames each sample's chain runs in (``frames``, or the older ``mirror_average`` when it is set)."""
+    if cfg.mirror_average is not None:
+        if tuple(cfg.frames) not in (ResampleConfig.frames, ("identity", "mirror"), ("identity",)):
+            raise ValueError("set either frames or its older name mirror_average, not both")
+        return ["identity", "mirror"] if cfg.mirror_average else ["identity"]
+    frames = [cfg.frames] if isinstance(cfg.frames, str) else list(cfg.frames)
+    if not frames:
+        raise ValueError("frames must name at least one frame, e.g. [identity]")
+    for name in frames:
+        Frame(name, cfg.frame_shift)  # refuses unknown names
+    if int(cfg.frame_border) < 0:
+        raise ValueError(f"frame_border must be >= 0 pixels, got {cfg.frame_border}")
+    if len(set(frames)) != len(frames):
+        raise ValueError(f"frames must not repeat a frame (a repeated chain is the same chain), got {frames}")
+    return frames
+
+
 def nfe_per_sample(cfg: ResampleConfig) -> int:
-    """UNet evaluations of one posterior sample: the DDIM steps after the warm-start entry, twice with
-    ``mirror_average`` (two trajectories)."""
-    return (int(cfg.num_inference_steps) - warm_start_index(cfg)) * (2 if cfg.mirror_average else 1)
+    """UNet evaluations of one posterior sample: the DDIM steps after the warm-start entry, once per frame
+    (``frames``: one trajectory each)."""
+    return (int(cfg.num_inference_steps) - warm_start_index(cfg)) * len(chain_frames(cfg))
 
 
 def _check(cfg: ResampleConfig) -> None:
+    chain_frames(cfg)
     if cfg.pixel_solver not in ("cg", "sirt", "adamw", "tv"):
         raise ValueError(f"pixel_solver must be 'cg', 'sirt', 'adamw' or 'tv', got {cfg.pixel_solver!r}")
     if cfg.final_consistency not in ("none", "pixel", "latent", "last"):
@@ -223,7 +249,22 @@ def _check(cfg: ResampleConfig) -> None:
         raise ValueError(f"network_dtype must be one of {sorted(_NETWORK_DTYPES)}, got {cfg.network_dtype!r}")
 
 
-_NETWORK_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+_NETWORK_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "auto": None}
+
+
+def resolve_network_dtype(name: str, device) -> str:
+    """``network_dtype`` as run on ``device``: ``auto`` is ``bfloat16`` where the hardware computes in it (a CUDA
+    GPU with bf16 support; a CPU with AVX512-BF16 or AMX-BF16 units) and ``float32`` elsewhere, where bf16 would be
+    emulated."""
+    if name != "auto":
+        return name
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if device.type == "cpu":
+        caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+        return "bfloat16" if caps.get("avx512_bf16") or caps.get("amx_bf16") else "float32"
+    return "float32"
 
 
 class AutocastPrior:
@@ -255,31 +296,71 @@ class AutocastPrior:
         return getattr(self.__dict__["prior"], name)
 
 
-class Mirrored:
-    """``A M``: the operator ``A`` applied after mirroring the image left-right (``M`` flips the width axis).
+class Frame:
+    """An orthogonal change of the image's frame, ``T``: ``identity``, ``mirror`` (flip left-right), ``shift``
+    (circular shift by ``shift`` pixels down and right) or ``mirror+shift`` (the flip, then the shift).
 
-    ``M`` is its own inverse and transpose, so ``adjoint(r) = M A^T r`` is the exact adjoint and
-    ``||A M|| = ||A||``. A solver or chain run with this operator on a sinogram ``y = A x``
-    reconstructs the mirror image ``M x``. Everything else (``geometry``, shapes, checks) is ``A``'s.
+    ``T`` permutes pixels, so ``T^-1 = T^T``: :class:`Framed` keeps the adjoint exact and the norm.
     """
 
-    def __init__(self, A):
-        self.A = A
-        self.same_norm_as = A  # M is orthogonal (solvers.cg.operator_norm_sq)
+    PARTS = ("mirror", "shift")
 
-    @staticmethod
-    def flip(x: torch.Tensor) -> torch.Tensor:
-        """``M x``."""
-        return x.flip(-1)
+    def __init__(self, name: str, shift: int = 2):
+        parts = [] if name == "identity" else name.split("+")
+        if any(p not in self.PARTS for p in parts) or len(set(parts)) != len(parts) or (
+                parts and parts != [p for p in self.PARTS if p in parts]):
+            raise ValueError(f"unknown frame {name!r}: use identity, mirror, shift or mirror+shift")
+        if "shift" in parts and int(shift) == 0:
+            raise ValueError("frame_shift must be non-zero for a shift frame")
+        self.name, self.mirror, self.shift = name, "mirror" in parts, int(shift) if "shift" in parts else 0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.A(x.flip(-1))
+        """``T x``."""
+        if self.mirror:
+            x = x.flip(-1)
+        return x.roll((self.shift, self.shift), (-2, -1)) if self.shift else x
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        """``T^-1 x``."""
+        if self.shift:
+            x = x.roll((-self.shift, -self.shift), (-2, -1))
+        return x.flip(-1) if self.mirror else x
+
+    def weight(self, shape, border: int, device=None) -> torch.Tensor:
+        """``(H, W)`` weight of this frame's chain in the average: 1, except 0 within ``border`` pixels of the
+        edges for a shift frame, whose chain saw the image wrapped around there (a seam the prior never saw)."""
+        w = torch.ones(shape[-2:], device=device)
+        if self.shift and border > 0:
+            b = int(border)
+            w[:b], w[-b:], w[:, :b], w[:, -b:] = 0, 0, 0, 0
+        return w
+
+
+class Framed:
+    """``A T^-1``: the operator ``A`` applied after moving the image back from the frame ``T`` (:class:`Frame`).
+
+    ``T`` is a pixel permutation, so ``adjoint(r) = T A^T r`` is the exact adjoint and ``||A T^-1|| = ||A||``.
+    A solver or chain run with this operator on a sinogram ``y = A x`` reconstructs ``T x``. Everything else
+    (``geometry``, shapes, checks) is ``A``'s.
+    """
+
+    def __init__(self, A, frame: Frame):
+        self.A, self.frame = A, frame
+        self.same_norm_as = A  # T is orthogonal (solvers.cg.operator_norm_sq)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.A(self.frame.inverse(x))
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return self.A.adjoint(y).flip(-1)
+        return self.frame(self.A.adjoint(y))
 
     def __getattr__(self, name):  # geometry, domain_shape, range_shape, _check, ...
         return getattr(self.__dict__["A"], name)
+
+
+def Mirrored(A) -> Framed:
+    """``A M``: ``A`` after a left-right flip (``M = M^-1``); a chain run with it reconstructs the mirror image."""
+    return Framed(A, Frame("mirror"))
 
 
 def weights_folder(cfg: ResampleConfig):
@@ -602,11 +683,11 @@ def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=Non
         Use this prior object instead of loading ``config.prior``.
     n_samples : int, optional
         Posterior samples per slice (overrides the config): the image is their mean and
-        ``std`` the per-pixel standard deviation (HU). With ``mirror_average`` each sample is the
-        mean of a chain on the slice and one on its mirror image.
+        ``std`` the per-pixel standard deviation (HU). Each sample is the mean of one chain per frame
+        (``frames``: the default runs one on the slice and one on its mirror image).
     callback : callable(i, t, z0_hat), optional
-        Passed to :func:`resample`; with ``mirror_average`` it sees both chains in turn, the
-        second's latents those of the mirror image.
+        Passed to :func:`resample`; with several ``frames`` it sees each frame's chain in turn, its
+        latents those of the image in that frame.
     **kwargs
         Single config fields to override.
     """
@@ -618,28 +699,40 @@ def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=Non
     device = y.device
     prior = _common.resolve_prior(prior, cfg.prior, device, cfg.channels_last)
     _common.check_geometry(prior, geometry)
-    if _NETWORK_DTYPES.get(cfg.network_dtype) is not None:  # an unknown name is refused by resample's _check
-        prior = AutocastPrior(prior, _NETWORK_DTYPES[cfg.network_dtype])
+    network_dtype = resolve_network_dtype(cfg.network_dtype, device)
+    if _NETWORK_DTYPES.get(network_dtype) is not None:  # an unknown name is refused by resample's _check
+        prior = AutocastPrior(prior, _NETWORK_DTYPES[network_dtype])
     A = projector_for(geometry, device)
     batch, k = y.shape[0], int(cfg.n_samples)
-    m = 2 if cfg.mirror_average else 1
+    frames = [Frame(name, cfg.frame_shift) for name in chain_frames(cfg)]
     y_traj = y.repeat_interleave(k, dim=0) if k > 1 else y  # rows: slice, then sample
-    x0, info = resample(prior, A, y_traj, cfg, generator, callback=callback)
-    inner = torch.tensor(info["inner_iterations"])
-    if m == 2:
-        # the same chain on the mirror image (A M), mirrored back and averaged with the first
-        x_m, info_m = resample(prior, Mirrored(A), y_traj, cfg, generator, callback=callback)
-        x0 = 0.5 * (x0 + Mirrored.flip(x_m))
-        inner = inner + torch.tensor(info_m["inner_iterations"])
-        for key in ("decoder_calls", "encoder_calls"):
-            info[key] += info_m[key]
+    x0 = inner = info = None
+    weights = [f.weight(A.domain_shape, cfg.frame_border, device) for f in frames]
+    total = sum(weights)
+    if float(total.min()) == 0:  # only shift frames: their plain average at the edges too
+        weights = [torch.ones_like(w) for w in weights]
+        total = sum(weights)
+    for frame, w in zip(frames, weights, strict=True):
+        # the same chain in each frame T (operator A T^-1: it reconstructs T x), moved back and averaged
+        x_f, info_f = resample(prior, A if frame.name == "identity" else Framed(A, frame), y_traj, cfg, generator,
+                               callback=callback)
+        x_f = frame.inverse(x_f) * (w / total)
+        if info is None:
+            x0, inner, info = x_f, torch.tensor(info_f["inner_iterations"]), info_f
+        else:
+            x0 = x0 + x_f
+            inner = inner + torch.tensor(info_f["inner_iterations"])
+            for key in ("decoder_calls", "encoder_calls"):
+                info[key] += info_f[key]
+    m = len(frames)
     inner = inner.reshape(batch, k).sum(dim=1)
     info.update(
         nfe=info["nfe"] * k * m,
         nfe_per_sample=info["nfe"] * m,
         n_samples=k,
         inner_iterations=inner.tolist(),
-        network_dtype=cfg.network_dtype,
+        network_dtype=network_dtype,
+        frames=[f.name for f in frames],
     )
     out = _common.pack_samples(x0, batch, k, info)
     out.info["data_residual"] = _common.data_residual(A, y, out.image, cfg.mu_water).tolist()

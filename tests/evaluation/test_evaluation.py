@@ -127,7 +127,7 @@ def test_report_files_exist_and_parse(tiny_slices, tmp_path):
 
 def test_same_seeds_for_every_method_and_resume(tiny_slices, tiny_prior, tmp_path):
     cfg = {"num_inference_steps": 3, "cg_max_iter": 2, "warm_start": "none", "n_samples": 1,
-           "mirror_average": False}  # NFE = steps
+           "frames": ["identity"]}  # NFE = steps
     specs = parse_methods("a=resample,b=resample,fbp", {"a": cfg, "b": cfg})
     kw = {"resample": {"prior": tiny_prior}}
     settings = EvaluationSettings(methods=specs, views=(8,), batch_size=2, figure_slices=1, quiet=True)
@@ -166,7 +166,7 @@ def test_latent_methods_samples_and_uncertainty(tiny_slices, tiny_prior, tmp_pat
                       method_kwargs={"resample": {"prior": tiny_prior}, "latent-dps": {"prior": tiny_prior}})
     assert report.ok
     rows = {r["method"]: r for r in report.rows}
-    assert rows["resample"]["nfe_per_slice"] == 12  # 3 steps x 2 chains (the mirror average) x 2 samples
+    assert rows["resample"]["nfe_per_slice"] == 24  # 3 steps x 4 frames (the default's chains) x 2 samples
     assert rows["latent-dps"]["nfe_per_slice"] == 4  # every stochastic method of the registry: 2 steps x 2 samples
     assert rows["resample"]["posterior_std_hu_mean"] > 0 and rows["latent-dps"]["posterior_std_hu_mean"] > 0
     assert math.isnan(rows["fbp"]["posterior_std_hu_mean"])

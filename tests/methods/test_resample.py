@@ -10,7 +10,8 @@ from operators import projector_for
 
 # the paper's structure (noise start, no final solve), tiny sizes
 FAST = dict(num_inference_steps=6, skip_interval=2, start_fraction=0.3, cg_max_iter=5, noise_sigma=None,
-            warm_start="none", final_consistency="none", cg_lambda=0.01, n_samples=1, mirror_average=False)
+            warm_start="none", final_consistency="none", cg_lambda=0.01, n_samples=1, frames=("identity",),
+            network_dtype="float32")  # the same on every CPU (the default, auto, follows the hardware)
 
 
 def _gen(seed=0):
@@ -246,7 +247,8 @@ def test_latent_dps_shapes_determinism_and_zeta_zero_is_ddim(tiny_prior, tiny_pr
                                prior=tiny_prior)
     r = ctresample.reconstruct(y, geom, method="resample", generator=_gen(0), prior=tiny_prior,
                                config=dict(num_inference_steps=4, start_fraction=1.0, warm_start="none",
-                                           final_consistency="none", n_samples=1, mirror_average=False))
+                                           final_consistency="none", n_samples=1, frames=("identity",),
+                                           network_dtype="float32"))
     torch.testing.assert_close(d.image, r.image)
     assert not torch.equal(a.image, d.image)
 
@@ -254,13 +256,14 @@ def test_latent_dps_shapes_determinism_and_zeta_zero_is_ddim(tiny_prior, tiny_pr
 def test_default_config_runs(tiny_prior, tiny_problem):
     geom, hu, y = tiny_problem
     out = ctresample.reconstruct(y, geom, method="resample", generator=_gen(0), prior=tiny_prior)
-    # one sample (TV consistency: samples agree), its chain run on the slice and on its mirror image
-    assert out.info["nfe_per_sample"] == 50 and len(out.info["consistency_steps"]) == 25
-    assert out.info["n_samples"] == 1 and out.info["nfe"] == 50
+    # one sample (TV consistency: samples agree), its chain run in four frames (slice, mirror, shift, both)
+    assert out.info["nfe_per_sample"] == 100 and len(out.info["consistency_steps"]) == 25
+    assert out.info["n_samples"] == 1 and out.info["nfe"] == 100
+    assert out.info["frames"] == ["identity", "mirror", "shift", "mirror+shift"]
     assert out.std is None
     # TV consistency: 50 iterations at each of 24 steps (warm duals); the last step's solve (100) is the output
-    assert out.info["inner_iterations"] == [2 * (24 * 50 + 100)] * y.shape[0]
-    assert out.info["decoder_calls"] == 2 * 25 and out.info["encoder_calls"] == 2 * 25  # 24 steps + the warm start
+    assert out.info["inner_iterations"] == [4 * (24 * 50 + 100)] * y.shape[0]
+    assert out.info["decoder_calls"] == 4 * 25 and out.info["encoder_calls"] == 4 * 25  # 24 steps + the warm start
 
 
 def test_warm_start_skips_steps(tiny_prior, tiny_problem):
@@ -420,7 +423,7 @@ def test_mirror_average_is_the_pair_mean(tiny_prior, tiny_problem):
     from ctresample.methods.resample import Mirrored
 
     geom, hu, y = tiny_problem
-    cfg = {**FAST, "mirror_average": True}
+    cfg = {**FAST, "frames": ("identity", "mirror")}
     out = ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(4), prior=tiny_prior)
     A = projector_for(geom)
     g = _gen(4)
@@ -436,6 +439,115 @@ def test_mirror_average_is_the_pair_mean(tiny_prior, tiny_problem):
                                   n_samples=2)
     assert post.image.shape == (2, 1, 32, 32) and post.std.shape == (2, 1, 32, 32)
     assert post.info["nfe"] == 2 * out.info["nfe"]
+
+
+@pytest.mark.parametrize("name", ["identity", "mirror", "shift", "mirror+shift"])
+def test_frames_are_pixel_permutations(tiny_problem, name):
+    """Each frame ``T`` is undone by its inverse; ``A T^-1`` has the exact adjoint ``T A^T`` and ``A``'s norm."""
+    from ctresample.methods.resample import Frame, Framed
+    from ctresample.solvers.cg import operator_norm_sq
+
+    geom, hu, y = tiny_problem
+    A = projector_for(geom)
+    T = Frame(name, shift=3)
+    g = _gen(1)
+    x = torch.rand(2, 1, 32, 32, generator=g)
+    r = torch.rand(2, 1, *geom.sinogram_shape, generator=g)
+    torch.testing.assert_close(T.inverse(T(x)), x, rtol=0, atol=0)
+    assert (name == "identity") == bool(torch.equal(T(x), x))
+    if name == "shift":
+        assert torch.equal(T(x)[..., 3:, 3:], x[..., :-3, :-3])  # down and right by 3 pixels
+    At = Framed(A, T)
+    torch.testing.assert_close(At(x), A(T.inverse(x)))
+    lhs, rhs = (At(x) * r).sum(), (x * At.adjoint(r)).sum()
+    assert abs(float(lhs - rhs)) <= 1e-5 * abs(float(lhs))
+    assert operator_norm_sq(At) == operator_norm_sq(A) and At.geometry == geom
+
+
+def test_framed_operator_reconstructs_the_image_in_its_frame(tiny_problem):
+    """SIRT run with ``A T^-1`` on the plain sinogram returns ``T`` of the plain run: a shift frame moves it."""
+    from ctresample.methods.resample import Frame, Framed, _warm_start_image
+
+    geom, hu, y = tiny_problem
+    A = projector_for(geom)
+    cfg = ResampleConfig(warm_start="sirt", warm_start_iterations=30)
+    x, _ = _warm_start_image(A, y, cfg)
+    for name in ("shift", "mirror+shift"):
+        T = Frame(name, shift=2)
+        x_t, _ = _warm_start_image(Framed(A, T), y, cfg)
+        assert float((x_t - x).abs().mean()) > 20.0  # the image moved
+        assert float((T.inverse(x_t) - x).abs().max()) <= 1e-3, name
+
+
+def test_frames_average_is_the_mean_of_the_chains(tiny_prior, tiny_problem):
+    """``frames``: one chain per frame, each moved back and averaged, the shift frames left out within
+    ``frame_border`` pixels of the edges; NFE, decoder calls and solves count all chains."""
+    from ctresample.methods.resample import Frame, Framed
+
+    geom, hu, y = tiny_problem
+    names = ["identity", "mirror", "shift"]
+    A = projector_for(geom)
+    for border in (0, 5):
+        cfg = {**FAST, "frames": names, "frame_border": border}
+        out = ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(5), prior=tiny_prior)
+        g = _gen(5)
+        chains = []
+        for name in names:
+            T = Frame(name)
+            x_t, info = resample(tiny_prior, Framed(A, T), y, ResampleConfig(**cfg), g)
+            chains.append(T.inverse(x_t))
+        inner = slice(border, 32 - border) if border else slice(None)
+        torch.testing.assert_close(out.image[..., inner, inner], (sum(chains) / 3)[..., inner, inner])
+        if border:  # near the edges only the identity and mirror chains count
+            torch.testing.assert_close(out.image[..., :border, :], ((chains[0] + chains[1]) / 2)[..., :border, :])
+            torch.testing.assert_close(out.image[..., :, -border:], ((chains[0] + chains[1]) / 2)[..., :, -border:])
+            assert float((out.image - sum(chains) / 3).abs()[..., :border, :].max()) > 0
+    assert float((chains[2] - chains[0]).abs().max()) > 0  # the shift chain differs
+    assert out.info["nfe"] == 3 * info["nfe"] == nfe_per_sample(ResampleConfig(**cfg))
+    assert out.info["decoder_calls"] == 3 * info["decoder_calls"] and out.info["frames"] == names
+    assert out.info["inner_iterations"][0] == 3 * info["inner_iterations"][0]
+    # shift frames alone: their plain average everywhere (nothing else covers the edges)
+    only = ctresample.reconstruct(y, geom, method="resample", config={**FAST, "frames": ["shift"]},
+                                  generator=_gen(5), prior=tiny_prior)
+    x_s, _ = resample(tiny_prior, Framed(A, Frame("shift")), y, ResampleConfig(**FAST), _gen(5))
+    torch.testing.assert_close(only.image, Frame("shift").inverse(x_s))
+
+
+def test_frames_refuses_bad_names_and_maps_the_older_key():
+    from ctresample.methods.resample import chain_frames
+
+    assert chain_frames(ResampleConfig()) == ["identity", "mirror", "shift", "mirror+shift"]
+    assert chain_frames(ResampleConfig(mirror_average=False)) == ["identity"]
+    assert chain_frames(ResampleConfig(mirror_average=True)) == ["identity", "mirror"]
+    assert chain_frames(ResampleConfig(frames=("shift",))) == ["shift"]
+    for frames, match in ((("rotate",), "unknown frame 'rotate'"), (("shift+mirror",), "unknown frame"),
+                          (("mirror", "mirror"), "must not repeat"), ((), "at least one frame")):
+        with pytest.raises(ValueError, match=match):
+            chain_frames(ResampleConfig(frames=frames))
+    with pytest.raises(ValueError, match="not both"):
+        chain_frames(ResampleConfig(frames=("identity", "mirror", "shift"), mirror_average=True))
+    with pytest.raises(ValueError, match="frame_border"):
+        chain_frames(ResampleConfig(frame_border=-1))
+    with pytest.raises(ValueError, match="frame_shift"):
+        chain_frames(ResampleConfig(frames=("identity", "shift"), frame_shift=0))
+
+
+def test_network_dtype_auto_follows_the_hardware(tiny_prior, tiny_problem, monkeypatch):
+    """``auto`` runs bfloat16 only on a CPU with bf16 units (and records what ran); elsewhere float32."""
+    from ctresample.methods.resample import resolve_network_dtype
+
+    geom, hu, y = tiny_problem
+    for caps, expected in (({"avx512_bf16": True}, "bfloat16"), ({"amx_bf16": True}, "bfloat16"),
+                           ({"avx512_bf16": False, "amx_bf16": False}, "float32")):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda caps=caps: caps)
+        assert resolve_network_dtype("auto", "cpu") == expected
+        assert resolve_network_dtype("float32", "cpu") == "float32"
+        out = ctresample.reconstruct(y, geom, method="resample", config={**FAST, "network_dtype": "auto"},
+                                     generator=_gen(5), prior=tiny_prior)
+        same = ctresample.reconstruct(y, geom, method="resample", config={**FAST, "network_dtype": expected},
+                                      generator=_gen(5), prior=tiny_prior)
+        assert out.info["network_dtype"] == expected
+        torch.testing.assert_close(out.image, same.image, rtol=0, atol=0)
 
 
 def test_network_dtype_bfloat16(tiny_prior, tiny_problem):
