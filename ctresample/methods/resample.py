@@ -102,8 +102,8 @@ class ResampleConfig:
 
     prior: str | None = None  # saved prior folder; None = the shipped ldm-ct-256
     channels_last: bool = True  # the prior's networks in NHWC layout: ~20 % faster on CPU, values to ~0.01 HU
-    network_dtype: str = "auto"  # "bfloat16": the networks under torch.autocast (faster on CPUs with bf16 units);
-    # "auto": bfloat16 where the device computes in it natively (resolve_network_dtype), else float32
+    network_dtype: str = "auto"  # the networks' dtype: "auto" = bfloat16 (torch.autocast) where the device computes
+    # in it natively (resolve_network_dtype), else float32; or "float32" / "bfloat16" on any device
     num_inference_steps: int = 800  # DDIM steps (NFE per sample without warm start)
     eta: float = 0.0  # DDIM noise (0 deterministic DDIM, 1 DDPM-like)
     gamma: float = 40.0  # sigma_t^2 = gamma * DDPM variance (small: trust the prior, large: the data)
@@ -684,7 +684,8 @@ def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=Non
     n_samples : int, optional
         Posterior samples per slice (overrides the config): the image is their mean and
         ``std`` the per-pixel standard deviation (HU). Each sample is the mean of one chain per frame
-        (``frames``: the default runs one on the slice and one on its mirror image).
+        (``frames``: the default runs four, the slice, its mirror image and both shifted by
+        ``frame_shift`` pixels).
     callback : callable(i, t, z0_hat), optional
         Passed to :func:`resample`; with several ``frames`` it sees each frame's chain in turn, its
         latents those of the image in that frame.
