@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -155,6 +155,8 @@ class ResampleConfig:
     frame_shift: int = 2  # pixels of the "shift" frames (2 = half a latent pixel of the shipped 4x autoencoder)
     frame_border: int = 12  # pixels along the image's edges where the shift frames are left out of the average
     # (their chains see the wrapped-around strip there); 0 = plain average everywhere
+    frame_polish_iterations: int = 0  # iterations of one more TV solve from the frames' average, with the final
+    # solve's weights and its pull towards that average (0: off; only with several frames and pixel_solver: tv)
     mirror_average: bool | None = None  # older name: true = frames [identity, mirror], false = [identity]
     mu_water: float = MU_WATER  # 1/mm, must match the value used to make the sinogram
 
@@ -726,6 +728,13 @@ def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=Non
             for key in ("decoder_calls", "encoder_calls"):
                 info[key] += info_f[key]
     m = len(frames)
+    if m > 1 and cfg.frame_polish_iterations > 0 and cfg.pixel_solver == "tv":
+        # the frames' average is no chain's solve: one more final-style TV solve started from and pulled towards it
+        dc = _Consistency(prior, A, y_traj, replace(cfg, tv_final_iterations=int(cfg.frame_polish_iterations)))
+        x0 = dc.pixel_solve(x0, final=True)
+        if cfg.clip_output:
+            x0 = x0.clamp(HU_MIN, HU_MAX)
+        inner = inner + dc.inner.cpu()
     inner = inner.reshape(batch, k).sum(dim=1)
     info.update(
         nfe=info["nfe"] * k * m,

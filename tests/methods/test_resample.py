@@ -513,6 +513,34 @@ def test_frames_average_is_the_mean_of_the_chains(tiny_prior, tiny_problem):
     torch.testing.assert_close(only.image, Frame("shift").inverse(x_s))
 
 
+def test_frame_polish_is_one_more_final_solve_from_the_average(tiny_prior, tiny_problem):
+    """``frame_polish_iterations``: the frames' average passes one more TV solve with the final solve's settings
+    (started from and pulled towards it); its iterations are counted; 0 leaves the average as it is."""
+    from dataclasses import replace
+
+    from ctresample.methods.resample import _Consistency
+
+    geom, hu, y = tiny_problem
+    cfg = {**FAST, "pixel_solver": "tv", "tv_iterations": 5, "tv_final_iterations": 7, "frames": ["identity", "mirror"],
+           "noise_sigma": "auto"}
+    plain = ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(6), prior=tiny_prior)
+    polished = ctresample.reconstruct(y, geom, method="resample", config={**cfg, "frame_polish_iterations": 9},
+                                      generator=_gen(6), prior=tiny_prior)
+    A = projector_for(geom)
+    dc = _Consistency(tiny_prior, A, y, replace(ResampleConfig(**cfg), tv_final_iterations=9))
+    expected = dc.pixel_solve(plain.image, final=True).clamp(-1024, 3071)
+    torch.testing.assert_close(polished.image, expected)
+    assert float((polished.image - plain.image).abs().max()) > 0
+    assert polished.info["nfe"] == plain.info["nfe"]  # no network call
+    assert polished.info["inner_iterations"][0] == plain.info["inner_iterations"][0] + int(dc.inner[0])
+    assert int(dc.inner[0]) > 0
+    one = ctresample.reconstruct(y, geom, method="resample", generator=_gen(6), prior=tiny_prior,
+                                 config={**cfg, "frames": ["identity"], "frame_polish_iterations": 9})
+    alone = ctresample.reconstruct(y, geom, method="resample", generator=_gen(6), prior=tiny_prior,
+                                   config={**cfg, "frames": ["identity"]})
+    torch.testing.assert_close(one.image, alone.image)  # one frame: nothing averaged, nothing to polish
+
+
 def test_frames_refuses_bad_names_and_maps_the_older_key():
     from ctresample.methods.resample import chain_frames
 
