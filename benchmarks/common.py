@@ -109,10 +109,7 @@ def one_chain_overrides(items) -> dict:
     import yaml
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in items)}
-    if overrides.get("mirror_average"):
-        raise SystemExit("this script tunes one chain's closing solve: it needs frames: [identity]")
-    overrides.setdefault("frames", ["identity"])
-    if list(overrides["frames"]) != ["identity"]:
+    if overrides.get("mirror_average") or list(overrides.setdefault("frames", ["identity"])) != ["identity"]:
         raise SystemExit("this script tunes one chain's closing solve: it needs frames: [identity]")
     return overrides
 

@@ -125,16 +125,16 @@ def _synced(device: str):
 
 
 def time_unet(prior, batch: int, device: str, repeat: int = 3, t: int = 500, network_dtype: str = "float32") -> float:
-    """Median seconds of one ``prior.predict_eps`` call on ``batch`` random latents (under a bf16
-    autocast for ``network_dtype: bfloat16``, as the method ran it)."""
-    from contextlib import nullcontext
+    """Median seconds of one ``prior.predict_eps`` call on ``batch`` random latents (through ReSample's
+    ``AutocastPrior`` for ``network_dtype: bfloat16``, as the method ran it)."""
+    from ctresample.methods.resample import AutocastPrior
 
     g = torch.Generator().manual_seed(1)
     z = torch.randn((batch, *prior.latent_shape), generator=g).to(device)
     times = []
-    cast = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if network_dtype == "bfloat16"
-            else nullcontext())
-    with torch.no_grad(), cast:
+    if network_dtype == "bfloat16":
+        prior = AutocastPrior(prior, torch.bfloat16)
+    with torch.no_grad():
         prior.predict_eps(z, t)  # warm-up
         for _ in range(max(1, repeat)):
             _synced(device)

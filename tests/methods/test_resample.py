@@ -383,12 +383,12 @@ def test_tv_warm_start_hands_its_duals_to_the_first_step(tiny_prior, tiny_proble
 
 def test_mirrored_operator(tiny_problem):
     """``A M`` mirrors the image before projecting; its adjoint is exact and its norm is ``A``'s."""
-    from ctresample.methods.resample import Mirrored
+    from ctresample.methods.resample import Frame, Framed
     from ctresample.solvers.cg import operator_norm_sq
 
     geom, hu, y = tiny_problem
     A = projector_for(geom)
-    Am = Mirrored(A)
+    Am = Framed(A, Frame("mirror"))
     g = _gen(0)
     x = torch.rand(2, 1, 32, 32, generator=g)
     r = torch.rand(2, 1, *geom.sinogram_shape, generator=g)
@@ -402,14 +402,14 @@ def test_mirrored_operator(tiny_problem):
 
 def test_mirrored_operator_reconstructs_the_mirror_image(tiny_problem):
     """A solver run with ``A M`` on the same sinogram returns the mirror image of the plain run (SIRT and TV)."""
-    from ctresample.methods.resample import Mirrored, _warm_start_image
+    from ctresample.methods.resample import Frame, Framed, _warm_start_image
 
     geom, hu, y = tiny_problem
     A = projector_for(geom)
     for start in ("sirt", "tv"):
         cfg = ResampleConfig(warm_start=start, warm_start_iterations=30, warm_start_tv_iterations=60)
         x, _ = _warm_start_image(A, y, cfg)
-        x_m, _ = _warm_start_image(Mirrored(A), y, cfg)
+        x_m, _ = _warm_start_image(Framed(A, Frame("mirror")), y, cfg)
         mirrored_back, unmirrored = (x_m.flip(-1) - x).abs(), (x_m - x).abs()
         assert float(unmirrored.mean()) > 20.0  # the slices are not symmetric: the images differ
         if start == "sirt":
@@ -420,7 +420,7 @@ def test_mirrored_operator_reconstructs_the_mirror_image(tiny_problem):
 
 def test_mirror_average_is_the_pair_mean(tiny_prior, tiny_problem):
     """``mirror_average``: a second chain on the mirror image, flipped back and averaged with the first."""
-    from ctresample.methods.resample import Mirrored
+    from ctresample.methods.resample import Frame, Framed
 
     geom, hu, y = tiny_problem
     cfg = {**FAST, "frames": ("identity", "mirror")}
@@ -428,7 +428,7 @@ def test_mirror_average_is_the_pair_mean(tiny_prior, tiny_problem):
     A = projector_for(geom)
     g = _gen(4)
     x, info = resample(tiny_prior, A, y, ResampleConfig(**cfg), g)
-    x_m, _ = resample(tiny_prior, Mirrored(A), y, ResampleConfig(**cfg), g)
+    x_m, _ = resample(tiny_prior, Framed(A, Frame("mirror")), y, ResampleConfig(**cfg), g)
     torch.testing.assert_close(out.image, 0.5 * (x + x_m.flip(-1)))
     assert float((x - x_m.flip(-1)).abs().max()) > 0  # the two chains differ
     assert out.info["nfe"] == 2 * info["nfe"] == nfe_per_sample(ResampleConfig(**cfg))
