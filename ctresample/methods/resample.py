@@ -53,6 +53,11 @@ weighted per pixel too: ``e + (1 - e) / (1 + (|grad D(z0_hat)| / tv_edge_hu)^2)`
 ``e = tv_edge_weight`` (``final_tv_edge_weight``), so that at the prior's edges the data may
 sharpen what the autoencoder blurred.
 
+:func:`reconstruct_resample` runs each sample's chain once per frame of the image (``frames``: the
+projector composed with the frame's inverse, :class:`Framed`), moves the outputs back and averages
+them; where the noise std estimated from the average's data residual is at most
+``frame_polish_max_sigma`` the average passes one more TV solve (:func:`frame_polish`).
+
 The DDIM step is diffusers' ``DDIMScheduler.step`` on the prior's schedule
 (:meth:`~ctresample.models.prior.LatentDiffusionPrior.ddim_scheduler`, coefficients in float64),
 given ``eps1`` drawn from the caller's generator before the UNet call. ``eta`` scales the
@@ -155,8 +160,12 @@ class ResampleConfig:
     frame_shift: int = 2  # pixels of the "shift" frames (2 = half a latent pixel of the shipped 4x autoencoder)
     frame_border: int = 12  # pixels along the image's edges where the shift frames are left out of the average
     # (their chains see the wrapped-around strip there); 0 = plain average everywhere
-    frame_polish_iterations: int = 0  # iterations of one more TV solve from the frames' average, with the final
-    # solve's weights and its pull towards that average (0: off; only with several frames and pixel_solver: tv)
+    frame_polish_iterations: int = 100  # iterations of one more TV solve from the frames' average, pulled towards it
+    # as the final solve is (0: off; only with several frames and pixel_solver: tv)
+    frame_polish_lambda: float | None = 4e-5  # constant part of that solve's TV weight (None: tv_final_lambda)
+    frame_polish_flat_weight: float = 0.0  # its extra pull where the average is flat (as final_anchor_flat_weight)
+    frame_polish_max_sigma: float | None = 0.003  # polish only slices where the noise std estimated from the average's
+    # data residual is at most this (noisy data lose by it); None: every slice
     mirror_average: bool | None = None  # older name: true = frames [identity, mirror], false = [identity]
     mu_water: float = MU_WATER  # 1/mm, must match the value used to make the sinogram
 
@@ -247,6 +256,11 @@ def _check(cfg: ResampleConfig) -> None:
         raise ValueError(f"tv_edge_hu must be > 0 (HU per pixel), got {cfg.tv_edge_hu}")
     if not (0.0 <= cfg.warm_start_fraction < 1.0):
         raise ValueError("warm_start_fraction must be in [0, 1)")
+    if cfg.frame_polish_iterations < 0 or cfg.frame_polish_flat_weight < 0:
+        raise ValueError("frame_polish_iterations and frame_polish_flat_weight must be >= 0")
+    if (cfg.frame_polish_lambda is not None and cfg.frame_polish_lambda < 0) or (
+            cfg.frame_polish_max_sigma is not None and cfg.frame_polish_max_sigma < 0):
+        raise ValueError("frame_polish_lambda and frame_polish_max_sigma must be >= 0 (or null)")
     if cfg.network_dtype not in _NETWORK_DTYPES:
         raise ValueError(f"network_dtype must be one of {sorted(_NETWORK_DTYPES)}, got {cfg.network_dtype!r}")
 
@@ -646,6 +660,43 @@ def resample(prior, A, y: torch.Tensor, cfg: ResampleConfig, generator: torch.Ge
     return x0.detach().float(), info
 
 
+def frame_polish(A, y: torch.Tensor, x: torch.Tensor, cfg: ResampleConfig):
+    """One more TV solve from the frames' average ``x`` (HU) of the rows of ``y`` with little noise.
+
+    The average is no chain's solve: a final-style TV solve started from and pulled towards it
+    (``frame_polish_iterations``, TV weight ``frame_polish_lambda`` plus ``tv_lambda_per_sigma``
+    times the estimated noise, the final solve's pull and edge weights, ``frame_polish_flat_weight``)
+    fits the data once more. On noisy data that extra fit adds noise back, so only rows whose noise
+    is low are solved: the noise std estimated (as :func:`~ctresample.solvers.estimate_noise_sigma`,
+    from second differences along the detector) from the average's data residual ``y - A x``, at
+    most ``frame_polish_max_sigma``. The residual has lost the structure the average explains, which
+    inflates the estimate from ``y`` itself on clean data (edges), so it tells clean from mildly
+    noisy sinograms better.
+
+    Returns the image, the solved rows (bool, CPU) and the solver iterations per row (CPU).
+    """
+    with torch.no_grad():
+        sigma = estimate_noise_sigma(y - A(hu_to_mu(x.to(y.dtype), cfg.mu_water)))
+    rows = torch.ones_like(sigma, dtype=torch.bool)
+    if cfg.frame_polish_max_sigma is not None:
+        rows = sigma <= float(cfg.frame_polish_max_sigma)
+    inner = torch.zeros(y.shape[0], dtype=torch.long)
+    idx = rows.nonzero().flatten()
+    if idx.numel() == 0:
+        return x, rows.cpu(), inner
+    lam = cfg.tv_final_lambda if cfg.frame_polish_lambda is None else cfg.frame_polish_lambda
+    pcfg = replace(cfg, tv_final_iterations=int(cfg.frame_polish_iterations), tv_final_lambda=lam,
+                   final_anchor_flat_weight=float(cfg.frame_polish_flat_weight))
+    dc = _Consistency(None, A, y[idx], pcfg)
+    solved = dc.pixel_solve(x[idx], final=True)
+    if cfg.clip_output:
+        solved = solved.clamp(HU_MIN, HU_MAX)
+    x = x.clone()
+    x[idx] = solved.to(x.dtype)
+    inner[idx.cpu()] = dc.inner.cpu()
+    return x, rows.cpu(), inner
+
+
 def _warm_start_image(A, y: torch.Tensor, cfg: ResampleConfig):
     """SIRT (non-negative), TV (mu >= 0) or FBP image in HU, clipped to the window, for ``warm_start``;
     and the TV solve's dual variables (``None`` for SIRT and FBP)."""
@@ -680,7 +731,8 @@ def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=Non
         Posterior samples per slice (overrides the config): the image is their mean and
         ``std`` the per-pixel standard deviation (HU). Each sample is the mean of one chain per frame
         (``frames``: the default runs four, the slice, its mirror image and both shifted by
-        ``frame_shift`` pixels).
+        ``frame_shift`` pixels), polished by :func:`frame_polish` where the noise is low (``info["frame_polished"]``
+        says for which slices).
     callback : callable(i, t, z0_hat), optional
         Passed to :func:`resample`; with several ``frames`` it sees each frame's chain in turn, its
         latents those of the image in that frame.
@@ -720,13 +772,10 @@ def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=Non
             for key in ("decoder_calls", "encoder_calls"):
                 info[key] += info_f[key]
     m = len(frames)
+    polished = torch.zeros(y_traj.shape[0], dtype=torch.bool)
     if m > 1 and cfg.frame_polish_iterations > 0 and cfg.pixel_solver == "tv":
-        # the frames' average is no chain's solve: one more final-style TV solve started from and pulled towards it
-        dc = _Consistency(prior, A, y_traj, replace(cfg, tv_final_iterations=int(cfg.frame_polish_iterations)))
-        x0 = dc.pixel_solve(x0, final=True)
-        if cfg.clip_output:
-            x0 = x0.clamp(HU_MIN, HU_MAX)
-        inner = inner + dc.inner.cpu()
+        x0, polished, polish_inner = frame_polish(A, y_traj, x0, cfg)
+        inner = inner + polish_inner
     inner = inner.reshape(batch, k).sum(dim=1)
     info.update(
         nfe=info["nfe"] * k * m,
@@ -735,6 +784,7 @@ def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=Non
         inner_iterations=inner.tolist(),
         network_dtype=network_dtype,
         frames=[f.name for f in frames],
+        frame_polished=polished.reshape(batch, k).any(dim=1).tolist(),
     )
     out = _common.pack_samples(x0, batch, k, info)
     out.info["data_residual"] = _common.data_residual(A, y, out.image, cfg.mu_water).tolist()

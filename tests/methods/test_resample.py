@@ -11,7 +11,8 @@ from operators import projector_for
 # the paper's structure (noise start, no final solve), tiny sizes
 FAST = dict(num_inference_steps=6, skip_interval=2, start_fraction=0.3, cg_max_iter=5, noise_sigma=None,
             warm_start="none", final_consistency="none", cg_lambda=0.01, n_samples=1, frames=("identity",),
-            network_dtype="float32")  # the same on every CPU (the default, auto, follows the hardware)
+            network_dtype="float32",  # the same on every CPU (the default, auto, follows the hardware)
+            frame_polish_iterations=0)  # the polish of the frames' average is tested on its own
 
 
 def _gen(seed=0):
@@ -261,8 +262,10 @@ def test_default_config_runs(tiny_prior, tiny_problem):
     assert out.info["n_samples"] == 1 and out.info["nfe"] == 100
     assert out.info["frames"] == ["identity", "mirror", "shift", "mirror+shift"]
     assert out.std is None
-    # TV consistency: 50 iterations at each of 24 steps (warm duals); the last step's solve (100) is the output
-    assert out.info["inner_iterations"] == [4 * (24 * 50 + 100)] * y.shape[0]
+    # TV consistency: 50 iterations at each of 24 steps (warm duals); the last step's solve (100) is the output;
+    # and the average of a slice with little noise in its residual is polished by 100 more
+    assert len(out.info["frame_polished"]) == y.shape[0]
+    assert out.info["inner_iterations"] == [4 * (24 * 50 + 100) + 100 * p for p in out.info["frame_polished"]]
     assert out.info["decoder_calls"] == 4 * 25 and out.info["encoder_calls"] == 4 * 25  # 24 steps + the warm start
 
 
@@ -514,31 +517,60 @@ def test_frames_average_is_the_mean_of_the_chains(tiny_prior, tiny_problem):
 
 
 def test_frame_polish_is_one_more_final_solve_from_the_average(tiny_prior, tiny_problem):
-    """``frame_polish_iterations``: the frames' average passes one more TV solve with the final solve's settings
-    (started from and pulled towards it); its iterations are counted; 0 leaves the average as it is."""
+    """``frame_polish_*``: the frames' average passes one more TV solve (its own TV weight and flat pull, the final
+    solve's other settings), started from and pulled towards it, on the slices where the noise estimated from the
+    average's data residual is at most ``frame_polish_max_sigma`` only; its iterations are counted; 0 leaves the
+    average as it is."""
     from dataclasses import replace
 
-    from ctresample.methods.resample import _Consistency
+    from ctresample.solvers import estimate_noise_sigma
 
     geom, hu, y = tiny_problem
+    noisy = y.clone()
+    noisy[1] = noisy[1] + 0.05 * torch.randn(noisy[1].shape, generator=_gen(7))
     cfg = {**FAST, "pixel_solver": "tv", "tv_iterations": 5, "tv_final_iterations": 7, "frames": ["identity", "mirror"],
            "noise_sigma": "auto"}
-    plain = ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(6), prior=tiny_prior)
-    polished = ctresample.reconstruct(y, geom, method="resample", config={**cfg, "frame_polish_iterations": 9},
-                                      generator=_gen(6), prior=tiny_prior)
+    plain = ctresample.reconstruct(noisy, geom, method="resample", config=cfg, generator=_gen(6), prior=tiny_prior)
     A = projector_for(geom)
-    dc = _Consistency(tiny_prior, A, y, replace(ResampleConfig(**cfg), tv_final_iterations=9))
+    # the rule's statistic: the noise std estimated from the average's data residual, low on the clean slice
+    sigma = estimate_noise_sigma(noisy - A(ctresample.hu_to_mu(plain.image)))
+    assert float(sigma[0]) < float(sigma[1])
+    gate = float((sigma[0] * sigma[1]).sqrt())
+    polish = {"frame_polish_iterations": 9, "frame_polish_lambda": 3e-5, "frame_polish_flat_weight": 0.0,
+              "frame_polish_max_sigma": gate}
+    pcfg = replace(ResampleConfig(**cfg), tv_final_iterations=9, tv_final_lambda=3e-5, final_anchor_flat_weight=0.0)
+    dc = _Consistency(tiny_prior, A, noisy, pcfg)
     expected = dc.pixel_solve(plain.image, final=True).clamp(-1024, 3071)
-    torch.testing.assert_close(polished.image, expected)
-    assert float((polished.image - plain.image).abs().max()) > 0
-    assert polished.info["nfe"] == plain.info["nfe"]  # no network call
-    assert polished.info["inner_iterations"][0] == plain.info["inner_iterations"][0] + int(dc.inner[0])
+    # every slice (no gate)
+    every = ctresample.reconstruct(noisy, geom, method="resample", config={**cfg, **polish,
+                                   "frame_polish_max_sigma": None}, generator=_gen(6), prior=tiny_prior)
+    torch.testing.assert_close(every.image, expected)
+    assert every.info["frame_polished"] == [True, True]
+    assert every.info["nfe"] == plain.info["nfe"]  # no network call
+    assert every.info["inner_iterations"] == [p + int(i) for p, i in zip(plain.info["inner_iterations"], dc.inner,
+                                                                         strict=True)]
     assert int(dc.inner[0]) > 0
+    # the gate between them: the clean slice polished, the noisy one left as the average
+    gated = ctresample.reconstruct(noisy, geom, method="resample", config={**cfg, **polish}, generator=_gen(6),
+                                   prior=tiny_prior)
+    assert gated.info["frame_polished"] == [True, False]
+    torch.testing.assert_close(gated.image[0], expected[0])
+    torch.testing.assert_close(gated.image[1], plain.image[1])
+    assert float((gated.image[0] - plain.image[0]).abs().max()) > 0
+    assert gated.info["inner_iterations"][1] == plain.info["inner_iterations"][1]
+    # its own TV weight: the final solve's (None) gives another image
+    final_lam = ctresample.reconstruct(noisy, geom, method="resample", generator=_gen(6), prior=tiny_prior,
+                                       config={**cfg, **polish, "frame_polish_lambda": None})
+    assert float((final_lam.image[0] - gated.image[0]).abs().max()) > 0
     one = ctresample.reconstruct(y, geom, method="resample", generator=_gen(6), prior=tiny_prior,
-                                 config={**cfg, "frames": ["identity"], "frame_polish_iterations": 9})
+                                 config={**cfg, **polish, "frames": ["identity"]})
     alone = ctresample.reconstruct(y, geom, method="resample", generator=_gen(6), prior=tiny_prior,
                                    config={**cfg, "frames": ["identity"]})
     torch.testing.assert_close(one.image, alone.image)  # one frame: nothing averaged, nothing to polish
+    for bad in ({"frame_polish_iterations": -1}, {"frame_polish_lambda": -1e-5}, {"frame_polish_max_sigma": -1.0},
+                {"frame_polish_flat_weight": -0.1}):
+        with pytest.raises(ValueError, match="frame_polish"):
+            ctresample.reconstruct(y, geom, method="resample", config={**cfg, **bad}, prior=tiny_prior)
 
 
 def test_frames_refuses_bad_names_and_maps_the_older_key():
