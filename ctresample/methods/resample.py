@@ -677,9 +677,8 @@ def frame_polish(A, y: torch.Tensor, x: torch.Tensor, cfg: ResampleConfig):
     """
     with torch.no_grad():
         sigma = estimate_noise_sigma(y - A(hu_to_mu(x.to(y.dtype), cfg.mu_water)))
-    rows = torch.ones_like(sigma, dtype=torch.bool)
-    if cfg.frame_polish_max_sigma is not None:
-        rows = sigma <= float(cfg.frame_polish_max_sigma)
+    limit = cfg.frame_polish_max_sigma
+    rows = torch.ones_like(sigma, dtype=torch.bool) if limit is None else sigma <= float(limit)
     inner = torch.zeros(y.shape[0], dtype=torch.long)
     idx = rows.nonzero().flatten()
     if idx.numel() == 0:
