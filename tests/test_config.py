@@ -85,9 +85,9 @@ def test_resample_fast_preset_differs_from_the_default_only_in_its_cost_keys():
     assert _changed_keys("resample_fast") == {"skip_interval", "tv_iterations", "warm_start_tv_iterations",
                                               "tv_warm_dual", "final_consistency", "num_inference_steps",
                                               "warm_start_fraction", "frames"}
-    # the schedule is pinned to the one it was measured with: one chain of 25 UNet evaluations, the default four
+    # the schedule is pinned to the one it was measured with: one chain of 25 UNet evaluations, the default four of 12
     fast, default = load_config(ResampleConfig, "resample_fast"), load_config(ResampleConfig, "resample")
-    assert nfe_per_sample(fast) == 25 and nfe_per_sample(default) == 100
+    assert nfe_per_sample(fast) == 25 and nfe_per_sample(default) == 48
     assert len(chain_frames(default)) > 1 and chain_frames(fast) == ["identity"]
 
 
@@ -96,18 +96,21 @@ def test_resample_10v_preset_is_the_default_entered_earlier():
     chain, as it was measured."""
     from ctresample.methods.resample import ResampleConfig, nfe_per_sample
 
-    assert _changed_keys("resample_10v") == {"num_inference_steps", "warm_start_fraction", "frames"}
+    assert _changed_keys("resample_10v") == {"num_inference_steps", "warm_start_fraction", "frames", "tv_iterations"}
     sparse, default = load_config(ResampleConfig, "resample_10v"), load_config(ResampleConfig, "resample")
-    assert nfe_per_sample(sparse) == 25 and nfe_per_sample(default) == 100
+    assert nfe_per_sample(sparse) == 25 and nfe_per_sample(default) == 48
 
-    assert _entry_timestep(default) == 24 and _entry_timestep(sparse) == 120
+    assert _entry_timestep(default) == 22 and _entry_timestep(sparse) == 120
 
 
-def test_resample_half_preset_is_the_default_on_a_coarser_schedule():
-    """``resample_half`` changes only the step count: about half the default's UNet evaluations, the same entry."""
+def test_resample_full_preset_is_the_previous_default_on_a_finer_schedule():
+    """``resample_full`` changes the step count, the iterations per step and the warm start per frame: twice the
+    default's UNet evaluations from nearly the same entry."""
     from ctresample.methods.resample import ResampleConfig, nfe_per_sample
 
-    assert _changed_keys("resample_half") == {"num_inference_steps"}
-    half, default = load_config(ResampleConfig, "resample_half"), load_config(ResampleConfig, "resample")
-    assert nfe_per_sample(half) == 48 and nfe_per_sample(default) == 100  # both average four frames' chains
-    assert _entry_timestep(half) == 22 and _entry_timestep(default) == 24
+    assert _changed_keys("resample_full") == {"num_inference_steps", "tv_iterations", "frame_warm_start"}
+    full, default = load_config(ResampleConfig, "resample_full"), load_config(ResampleConfig, "resample")
+    assert nfe_per_sample(full) == 100 and nfe_per_sample(default) == 48  # both average four frames' chains
+    assert _entry_timestep(full) == 24 and _entry_timestep(default) == 22
+    assert (full.tv_iterations, default.tv_iterations) == (50, 80)
+    assert (full.frame_warm_start, default.frame_warm_start) == ("each", "shared")

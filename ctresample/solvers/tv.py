@@ -77,7 +77,7 @@ def gradient(u: torch.Tensor, z_weight: float = 0.0) -> torch.Tensor:
     """
     # written into one buffer (no pad / cat temporaries: 2x faster on a CPU, the same values)
     b, _, h, w = u.shape
-    g = u.new_empty((b, 3 if z_weight > 0 else 2, h, w))
+    g = _new_empty(u, 3 if z_weight > 0 else 2)
     g[:, 0:1, :-1, :] = u[:, :, 1:, :] - u[:, :, :-1, :]
     g[:, 0:1, -1:, :] = 0.0
     g[:, 1:2, :, :-1] = u[:, :, :, 1:] - u[:, :, :, :-1]
@@ -88,13 +88,36 @@ def gradient(u: torch.Tensor, z_weight: float = 0.0) -> torch.Tensor:
     return g
 
 
+def batch_last(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (B, C, H, W) with the batch as its innermost memory dimension (channel-major, then H, W, B): the
+    same values and shape. A solver's images in this layout are the projector's sparse products' columns
+    as they are, so no transposed copy is made on the way in or out."""
+    b, c, h, w = t.shape
+    if b > 1 and not _is_batch_last(t):
+        t = t.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
+    return t
+
+
+def _is_batch_last(t: torch.Tensor) -> bool:
+    b, c, h, w = t.shape
+    return t.stride() == (1, h * w * b, w * b, b)
+
+
+def _new_empty(ref: torch.Tensor, channels: int) -> torch.Tensor:
+    """An uninitialised ``(B, channels, H, W)`` tensor in ``ref``'s layout (batch last or contiguous)."""
+    b, _, h, w = ref.shape
+    if b > 1 and ref.stride(0) == 1:
+        return ref.new_empty((channels, h, w, b)).permute(3, 0, 1, 2)
+    return ref.new_empty((b, channels, h, w))
+
+
 def divergence(g: torch.Tensor, z_weight: float = 0.0) -> torch.Tensor:
     """``-gradient^T``: the negative adjoint of :func:`gradient`, ``(B, 1, H, W)``."""
     # accumulated in place in the order of ``gr[i] - gr[i-1] + gc[j] - gc[j-1] (+ gz[k] - gz[k-1])`` with
     # zeros beyond the edges: the values of the padded formula (7x faster on a CPU), at most an
     # exact zero's sign differs
     gr, gc = g[:, 0:1, :-1, :], g[:, 1:2, :, :-1]
-    d = g.new_zeros((g.shape[0], 1, *g.shape[2:]))
+    d = _new_empty(g, 1).zero_()
     d[:, :, :-1, :] = gr
     d[:, :, 1:, :] -= gr
     d[:, :, :, :-1] += gc
@@ -282,35 +305,41 @@ def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: 
     zw = z_weight if coupled else 0.0
     L = math.sqrt(2.0)
     tau, sigma = step_ratio / L, 1.0 / (step_ratio * L)
+    # the iterations run with the batch as the innermost memory dimension (batch_last): the projector's
+    # sparse products then read and write the images in place instead of transposed copies
+    y = batch_last(y)
     y_hat = y / s
-    u = torch.zeros((B, 1, *A.domain_shape), dtype=y.dtype, device=y.device) if x0 is None else x0 / mu_water
+    u = batch_last(torch.zeros((B, 1, *A.domain_shape), dtype=y.dtype, device=y.device) if x0 is None
+                   else x0 / mu_water)
     lo = None if lower is None else float(lower) / mu_water
     if lo is not None:
         u = u.clamp_min(lo)
     beta = _anchor_map(anchor_weight, B, y.dtype, y.device)
+    if beta.dim() == 4 and beta.shape[-1] > 1:
+        beta = batch_last(beta)
     if (beta < 0).any():
         raise ValueError("anchor_weight must be >= 0")
     u_ref = None
     if anchor is not None and bool((beta > 0).any()):
         # prox of tau * beta/2 ||u - u_ref||^2 (then the bound, exact for this separable term)
-        u_ref = (tau * beta) * (anchor.to(y.dtype) / mu_water)
+        u_ref = (tau * beta) * batch_last(anchor.to(y.dtype) / mu_water)
         shrink = 1.0 / (1.0 + tau * beta)
     u_bar = u.clone()
     q_shape = (B, 3 if zw > 0 else 2, *A.domain_shape)
     if dual0 is None:
         p = torch.zeros_like(y)
-        q = torch.zeros(q_shape, dtype=y.dtype, device=y.device)
+        q = _new_empty(u, q_shape[1]).zero_()
     else:
         p, q = dual0
         if tuple(p.shape) != tuple(y.shape) or tuple(q.shape) != q_shape:
             raise ValueError(f"dual0 must have shapes {tuple(y.shape)} and {q_shape}, "
                              f"got {tuple(p.shape)} and {tuple(q.shape)}")
-        p, q = p.to(y.dtype), q.to(y.dtype)
+        p, q = batch_last(p.to(y.dtype)), batch_last(q.to(y.dtype))
     # lam = 0 (no TV): a zero ball, kept positive so that 0 / radius is 0, not NaN
     radius = (lam / b).view(B, 1, 1, 1)
     w_tv = _tv_weight_map(tv_weight, B, y.dtype, y.device)
     if w_tv is not None:
-        radius = radius * w_tv
+        radius = radius * batch_last(w_tv)
     radius = radius.clamp_min(torch.finfo(y.dtype).tiny)
     active = torch.ones(B, dtype=torch.bool, device=y.device)
     iterations = torch.zeros(B, dtype=torch.long, device=y.device)
@@ -356,9 +385,11 @@ def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: 
             active = active & ~(done.all().expand(B) if coupled else done)
             if not active.any():
                 break
-    x = u * mu_water
+    x = (u * mu_water).contiguous()  # the caller's usual layout again
+    y = y.contiguous()
     r = A(x) - y
     obj = tv_objective(A, y, x, lam, mu_water=mu_water, z_weight=zw, scale=s, residual=r, anchor=anchor,
                        anchor_weight=beta, tv_weight=w_tv)
     res = r.flatten(1).norm(dim=1) / y.flatten(1).norm(dim=1).clamp_min(1e-12)
-    return TVResult(x=x, iterations=iterations, objective=obj, data_residual=res, history=history, dual=(p, q))
+    return TVResult(x=x, iterations=iterations, objective=obj, data_residual=res, history=history,
+                    dual=(p.contiguous(), q.contiguous()))

@@ -258,15 +258,16 @@ def test_default_config_runs(tiny_prior, tiny_problem):
     geom, hu, y = tiny_problem
     out = ctresample.reconstruct(y, geom, method="resample", generator=_gen(0), prior=tiny_prior)
     # one sample (TV consistency: samples agree), its chain run in four frames (slice, mirror, shift, both)
-    assert out.info["nfe_per_sample"] == 100 and len(out.info["consistency_steps"]) == 25
-    assert out.info["n_samples"] == 1 and out.info["nfe"] == 100
+    assert out.info["nfe_per_sample"] == 48 and len(out.info["consistency_steps"]) == 12
+    assert out.info["n_samples"] == 1 and out.info["nfe"] == 48
     assert out.info["frames"] == ["identity", "mirror", "shift", "mirror+shift"]
     assert out.std is None
-    # TV consistency: 50 iterations at each of 24 steps (warm duals); the last step's solve (100) is the output;
+    # TV consistency: 80 iterations at each of 11 steps (warm duals); the last step's solve (100) is the output;
     # and the average of a slice with little noise in its residual is polished by 100 more
     assert len(out.info["frame_polished"]) == y.shape[0]
-    assert out.info["inner_iterations"] == [4 * (24 * 50 + 100) + 100 * p for p in out.info["frame_polished"]]
-    assert out.info["decoder_calls"] == 4 * 25 and out.info["encoder_calls"] == 4 * 25  # 24 steps + the warm start
+    assert out.info["inner_iterations"] == [4 * (11 * 80 + 100) + 100 * p for p in out.info["frame_polished"]]
+    # 11 steps + the warm start's encoding, per frame (one warm-start solve, shared: not counted as a decode)
+    assert out.info["decoder_calls"] == 4 * 12 and out.info["encoder_calls"] == 4 * 12
 
 
 def test_warm_start_skips_steps(tiny_prior, tiny_problem):
@@ -571,6 +572,63 @@ def test_frame_polish_is_one_more_final_solve_from_the_average(tiny_prior, tiny_
                 {"frame_polish_flat_weight": -0.1}):
         with pytest.raises(ValueError, match="frame_polish"):
             ctresample.reconstruct(y, geom, method="resample", config={**cfg, **bad}, prior=tiny_prior)
+
+
+def test_frame_dual_is_the_gradient_dual_of_the_framed_image():
+    """``Frame.dual`` moves the TV duals as the image moves: for the forward differences of an image it gives
+    those of the image in the frame (exactly for the mirror, except at the wrapped edge for shifts); ``p``,
+    which lives in the shared sinogram, is kept."""
+    from ctresample.methods.resample import Frame
+    from ctresample.solvers.tv import gradient
+
+    u = torch.randn(2, 1, 16, 16, generator=_gen(3))
+    p = torch.randn(2, 1, 5, 7, generator=_gen(4))
+    for name in ("identity", "mirror", "shift", "mirror+shift"):
+        T = Frame(name, shift=2)
+        p_t, q_t = T.dual((p, gradient(u)))
+        assert p_t is p
+        err = (q_t - gradient(T(u))).abs()
+        assert float(err[..., 3:-3, 3:-3].max()) == 0.0, name
+        assert (float(err.max()) == 0.0) == (not T.shift), name
+    assert Frame("mirror").dual(None) is None
+
+
+def test_shared_warm_start_is_solved_once_and_moved_into_each_frame(tiny_prior, tiny_problem, monkeypatch):
+    """``frame_warm_start: shared``: one warm-start solve in the slice's frame; each frame's chain starts from it
+    moved into that frame (its duals too), so the identity chain is the one run with ``each``; other chains differ
+    from their own solves only by the discretisation's small lack of symmetry."""
+    from ctresample.methods import resample as rs
+
+    geom, hu, y = tiny_problem
+    cfg = {**FAST, "warm_start": "tv", "warm_start_tv_iterations": 20, "warm_start_fraction": 0.5,
+           "pixel_solver": "tv", "tv_iterations": 5, "frames": ["identity", "mirror", "shift"],
+           "frame_warm_start": "each"}
+    calls = []
+    original = rs._warm_start_image
+
+    def counted(A, y_, c):
+        calls.append(type(A).__name__)
+        return original(A, y_, c)
+
+    monkeypatch.setattr(rs, "_warm_start_image", counted)
+    each = ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(8), prior=tiny_prior)
+    assert len(calls) == 3
+    calls.clear()
+    shared = ctresample.reconstruct(y, geom, method="resample", config={**cfg, "frame_warm_start": "shared"},
+                                    generator=_gen(8), prior=tiny_prior)
+    assert calls == ["ParallelBeamProjector"]  # once, with the plain operator
+    assert shared.info["nfe"] == each.info["nfe"]
+    diff = float((shared.image - each.image).abs().mean())
+    assert 0.0 < diff < 0.05 * float(each.image.std())
+    # the identity chain alone: the same start, so the same chain
+    one = {**cfg, "frames": ["identity"]}
+    a = ctresample.reconstruct(y, geom, method="resample", config=one, generator=_gen(8), prior=tiny_prior)
+    b = ctresample.reconstruct(y, geom, method="resample", config={**one, "frame_warm_start": "shared"},
+                               generator=_gen(8), prior=tiny_prior)
+    torch.testing.assert_close(a.image, b.image, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="frame_warm_start"):
+        ctresample.reconstruct(y, geom, method="resample", config={**cfg, "frame_warm_start": "once"},
+                               prior=tiny_prior)
 
 
 def test_frames_refuses_bad_names_and_maps_the_older_key():

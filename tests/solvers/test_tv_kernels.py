@@ -39,3 +39,20 @@ def test_differentiable():
     q = torch.randn((2, 3, 5, 4), generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: gradient(t, 0.5), (u,))
     assert torch.autograd.gradcheck(lambda t: divergence(t, 0.5), (q,))
+
+
+@pytest.mark.parametrize("z_weight", [0.0, 0.7])
+def test_batch_last_layout_keeps_the_values_and_the_layout(z_weight):
+    """The solver runs its images with the batch innermost in memory (``batch_last``, so the projector's sparse
+    products need no transposed copies): the same values, and ``gradient`` / ``divergence`` keep that layout."""
+    from ctresample.solvers.tv import batch_last
+
+    g = torch.Generator().manual_seed(1)
+    u = torch.randn((4, 1, 9, 11), generator=g)
+    q = torch.randn((4, 3 if z_weight else 2, 9, 11), generator=g)
+    ub, qb = batch_last(u), batch_last(q)
+    assert torch.equal(ub, u) and ub.stride(0) == 1 and not ub.is_contiguous()
+    assert batch_last(ub) is ub and batch_last(u[:1]) is not None
+    gb, db = gradient(ub, z_weight), divergence(qb, z_weight)
+    assert torch.equal(gb, gradient(u, z_weight)) and torch.equal(db, divergence(q, z_weight))
+    assert gb.stride(0) == 1 and db.stride(0) == 1
