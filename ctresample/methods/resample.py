@@ -316,6 +316,19 @@ class AutocastPrior:
         return getattr(self.__dict__["prior"], name)
 
 
+def _roll2(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """``x.roll((shift, shift), (-2, -1))`` as four block copies into a tensor of ``x``'s memory layout: the
+    same values, several times faster than ``roll`` on the TV solver's batch-innermost images."""
+    h, w = x.shape[-2:]
+    sh, sw = shift % h, shift % w
+    out = torch.empty_like(x)
+    out[..., sh:, sw:] = x[..., :h - sh, :w - sw]
+    out[..., :sh, sw:] = x[..., h - sh:, :w - sw]
+    out[..., sh:, :sw] = x[..., :h - sh, w - sw:]
+    out[..., :sh, :sw] = x[..., h - sh:, w - sw:]
+    return out
+
+
 class Frame:
     """An orthogonal change of the image's frame, ``T``: ``identity``, ``mirror`` (flip left-right), ``shift``
     (circular shift by ``shift`` pixels down and right) or ``mirror+shift`` (the flip, then the shift).
@@ -336,12 +349,12 @@ class Frame:
         """``T x``."""
         if self.mirror:
             x = x.flip(-1)
-        return x.roll((self.shift, self.shift), (-2, -1)) if self.shift else x
+        return _roll2(x, self.shift) if self.shift else x
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:
         """``T^-1 x``."""
         if self.shift:
-            x = x.roll((-self.shift, -self.shift), (-2, -1))
+            x = _roll2(x, -self.shift)
         return x.flip(-1) if self.mirror else x
 
     def dual(self, dual):

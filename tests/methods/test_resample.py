@@ -461,6 +461,12 @@ def test_frames_are_pixel_permutations(tiny_problem, name):
     assert (name == "identity") == bool(torch.equal(T(x), x))
     if name == "shift":
         assert torch.equal(T(x)[..., 3:, 3:], x[..., :-3, :-3])  # down and right by 3 pixels
+    ref = x.flip(-1) if T.mirror else x
+    ref = ref.roll((T.shift, T.shift), (-2, -1))
+    assert torch.equal(T(x), ref)  # the block copies are torch's roll, also on the solver's batch-innermost images
+    from ctresample.solvers.tv import batch_last
+    xb = batch_last(x)
+    assert torch.equal(T(xb), ref) and torch.equal(T.inverse(T(xb)), x)
     At = Framed(A, T)
     torch.testing.assert_close(At(x), A(T.inverse(x)))
     lhs, rhs = (At(x) * r).sum(), (x * At.adjoint(r)).sum()
