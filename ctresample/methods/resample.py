@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, replace
 
 import torch
@@ -748,6 +749,19 @@ def _warm_start_image(A, y: torch.Tensor, cfg: ResampleConfig):
     return mu_to_hu(mu, cfg.mu_water).clamp(HU_MIN, HU_MAX), dual
 
 
+FEW_VIEWS = 16  # below this many views the default's schedule (chosen at 25) is not the one to use
+
+
+def _warn_few_views(cfg: ResampleConfig, geometry: ParallelBeamGeometry) -> None:
+    """Warn when the default's schedule runs on few views, where longer schedules measured better."""
+    default = ResampleConfig()
+    keys = ("num_inference_steps", "tv_iterations", "warm_start_fraction")
+    if geometry.n_views < FEW_VIEWS and all(getattr(cfg, k) == getattr(default, k) for k in keys):
+        warnings.warn(f"ReSample's default schedule was chosen at 25 views; with {geometry.n_views} views "
+                      "--config resample_full (twice the time) or resample_10v measured better "
+                      "(README, 'Where each method wins')", stacklevel=3)
+
+
 def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=None, generator=None, prior=None,
                          n_samples: int | None = None, callback=None, **kwargs) -> ReconstructionOutput:
     """ReSample as a registered method.
@@ -778,6 +792,7 @@ def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=Non
     cfg = load_config(ResampleConfig, config, overrides=kwargs)
     if n_samples is not None:
         cfg = load_config(ResampleConfig, cfg, overrides={"n_samples": int(n_samples)})
+    _warn_few_views(cfg, geometry)
     y = sinogram.float()
     device = y.device
     prior = _common.resolve_prior(prior, cfg.prior, device, cfg.channels_last)

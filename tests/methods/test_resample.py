@@ -696,3 +696,23 @@ def test_network_dtype_bfloat16(tiny_prior, tiny_problem):
     with pytest.raises(ValueError, match="network_dtype"):
         ctresample.reconstruct(y, geom, method="resample", config={**FAST, "network_dtype": "float16"},
                                prior=tiny_prior)
+
+
+def test_few_views_with_the_default_schedule_warn(tiny_prior):
+    """Below 16 views the default's schedule (chosen at 25) warns and names the presets that measured better;
+    another schedule, or 25 views, does not."""
+    import warnings
+
+    from operators import ParallelBeamGeometry
+
+    cfg = {**FAST, "num_inference_steps": 400, "tv_iterations": 80, "warm_start_fraction": 0.96875,
+           "warm_start": "fbp"}
+    for views, schedule, expected in ((10, {}, True), (25, {}, False), (10, {"num_inference_steps": 200}, False)):
+        geom = ParallelBeamGeometry(image_size=32, n_views=views)
+        y = projector_for(geom)(torch.full((1, 1, 32, 32), 0.02))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ctresample.reconstruct(y, geom, method="resample", config={**cfg, **schedule}, prior=tiny_prior,
+                                   generator=_gen(0))
+        hits = [w for w in caught if "resample_full" in str(w.message)]
+        assert bool(hits) == expected, (views, schedule)
