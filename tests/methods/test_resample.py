@@ -256,7 +256,8 @@ def test_latent_dps_shapes_determinism_and_zeta_zero_is_ddim(tiny_prior, tiny_pr
 
 def test_default_config_runs(tiny_prior, tiny_problem):
     geom, hu, y = tiny_problem
-    out = ctresample.reconstruct(y, geom, method="resample", generator=_gen(0), prior=tiny_prior)
+    with pytest.warns(UserWarning, match="resample_full"):  # the tiny problem has 10 views
+        out = ctresample.reconstruct(y, geom, method="resample", generator=_gen(0), prior=tiny_prior)
     # one sample (TV consistency: samples agree), its chain run in four frames (slice, mirror, shift, both)
     assert out.info["nfe_per_sample"] == 48 and len(out.info["consistency_steps"]) == 12
     assert out.info["n_samples"] == 1 and out.info["nfe"] == 48
