@@ -160,9 +160,9 @@ class ResampleConfig:
     # frame_shift pixels down and right), "mirror+shift"
     frame_shift: int = 2  # pixels of the "shift" frames (2 = half a latent pixel of the shipped 4x autoencoder)
     frame_border: int = 12  # pixels along the image's edges where the shift frames are left out of the average
+    # (their chains see the wrapped-around strip there); 0 = plain average everywhere
     frame_warm_start: str = "shared"  # "each": every frame's chain solves its own warm start (A T^-1); "shared": one
     # warm start in the slice's frame, moved into each frame (image exactly, TV duals near): 3 of 4 solves saved
-    # (their chains see the wrapped-around strip there); 0 = plain average everywhere
     frame_polish_iterations: int = 100  # iterations of one more TV solve from the frames' average, pulled towards it
     # as the final solve is (0: off; only with several frames and pixel_solver: tv)
     frame_polish_lambda: float | None = 4e-5  # constant part of that solve's TV weight (None: tv_final_lambda)
@@ -371,7 +371,7 @@ class Frame:
             cols[..., :-1] = -q[:, 1:2, :, 1:]
             q = torch.cat([q[:, 0:1], cols, q[:, 2:]], dim=1)
         if self.shift:
-            q = q.roll((self.shift, self.shift), (-2, -1))
+            q = _roll2(q, self.shift)
         return p, q
 
     def weight(self, shape, border: int, device=None) -> torch.Tensor:
@@ -759,7 +759,7 @@ def _warn_few_views(cfg: ResampleConfig, geometry: ParallelBeamGeometry) -> None
     if geometry.n_views < FEW_VIEWS and all(getattr(cfg, k) == getattr(default, k) for k in keys):
         warnings.warn(f"ReSample's default schedule was chosen at 25 views; with {geometry.n_views} views "
                       "--config resample_full (twice the time) or resample_10v measured better "
-                      "(README, 'Where each method wins')", stacklevel=3)
+                      "(README, 'Where each method wins')", stacklevel=4)
 
 
 def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=None, generator=None, prior=None,

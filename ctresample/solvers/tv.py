@@ -307,7 +307,7 @@ def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: 
     tau, sigma = step_ratio / L, 1.0 / (step_ratio * L)
     # the iterations run with the batch as the innermost memory dimension (batch_last): the projector's
     # sparse products then read and write the images in place instead of transposed copies
-    y = batch_last(y)
+    y_in, y = y, batch_last(y)
     y_hat = y / s
     u = batch_last(torch.zeros((B, 1, *A.domain_shape), dtype=y.dtype, device=y.device) if x0 is None
                    else x0 / mu_water)
@@ -386,10 +386,10 @@ def tv_least_squares(A, y: torch.Tensor, lam, *, mu_water: float, n_iterations: 
             if not active.any():
                 break
     x = (u * mu_water).contiguous()  # the caller's usual layout again
-    y = y.contiguous()
+    y = y_in
     r = A(x) - y
     obj = tv_objective(A, y, x, lam, mu_water=mu_water, z_weight=zw, scale=s, residual=r, anchor=anchor,
                        anchor_weight=beta, tv_weight=w_tv)
     res = r.flatten(1).norm(dim=1) / y.flatten(1).norm(dim=1).clamp_min(1e-12)
-    return TVResult(x=x, iterations=iterations, objective=obj, data_residual=res, history=history,
-                    dual=(p.contiguous(), q.contiguous()))
+    # the duals stay batch-last: they only start the next solve (dual0), which would convert them back
+    return TVResult(x=x, iterations=iterations, objective=obj, data_residual=res, history=history, dual=(p, q))
