@@ -65,17 +65,19 @@ def _changed_keys(preset: str) -> set[str]:
     return {f.name for f in dataclasses.fields(ResampleConfig) if getattr(other, f.name) != getattr(default, f.name)}
 
 
-def _entry_timestep(cfg) -> int:
-    """The timestep the warm start noises to, on the scheduler of the prior ``cfg`` loads."""
+def _entry_timestep(cfg, n_views: int = 25) -> int:
+    """The timestep the warm start noises to, on the scheduler of the prior ``cfg`` loads, at ``n_views`` views."""
     from pathlib import Path
 
     from diffusers import DDIMScheduler
 
-    from ctresample.methods.resample import warm_start_index, weights_folder
+    from ctresample.methods.resample import steps_for, warm_start_index, weights_folder
 
     s = DDIMScheduler.from_pretrained(Path(weights_folder(cfg)) / "scheduler")
-    s.set_timesteps(cfg.num_inference_steps)
-    return int(s.timesteps[warm_start_index(cfg)])
+    s.set_timesteps(steps_for(cfg, n_views))
+    from ctresample.methods.resample import for_views
+
+    return int(s.timesteps[warm_start_index(for_views(cfg, n_views))])
 
 
 def test_resample_fast_preset_differs_from_the_default_only_in_its_cost_keys():
@@ -101,16 +103,21 @@ def test_resample_10v_preset_is_the_default_entered_earlier():
     assert nfe_per_sample(sparse) == 25 and nfe_per_sample(default) == 48
 
     assert _entry_timestep(default) == 22 and _entry_timestep(sparse) == 120
+    assert _entry_timestep(default, n_views=10) == 24 and _entry_timestep(sparse, n_views=10) == 120
+    assert nfe_per_sample(default, 10) == 100 and nfe_per_sample(sparse, 10) == 25  # 800 steps below 16 views
 
 
 def test_resample_full_preset_is_the_previous_default_on_a_finer_schedule():
-    """``resample_full`` changes the step count, the iterations per step and the warm start per frame: twice the
-    default's UNet evaluations from nearly the same entry."""
+    """``resample_full`` changes the step count, the iterations per step, the warm start per frame and runs the frames
+    one after another: twice the default's UNet evaluations from nearly the same entry (at 25 views; below 16 the
+    default's steps are the same)."""
     from ctresample.methods.resample import ResampleConfig, nfe_per_sample
 
-    assert _changed_keys("resample_full") == {"num_inference_steps", "tv_iterations", "frame_warm_start"}
+    assert _changed_keys("resample_full") == {"num_inference_steps", "tv_iterations", "frame_warm_start", "frame_rows"}
     full, default = load_config(ResampleConfig, "resample_full"), load_config(ResampleConfig, "resample")
     assert nfe_per_sample(full) == 100 and nfe_per_sample(default) == 48  # both average four frames' chains
     assert _entry_timestep(full) == 24 and _entry_timestep(default) == 22
     assert (full.tv_iterations, default.tv_iterations) == (50, 80)
     assert (full.frame_warm_start, default.frame_warm_start) == ("each", "shared")
+    assert (full.frame_rows, default.frame_rows) == (0, 32)
+    assert nfe_per_sample(full, 10) == nfe_per_sample(default, 10) == 100

@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, replace
 
 import torch
@@ -110,7 +109,8 @@ class ResampleConfig:
     channels_last: bool = True  # the prior's networks in NHWC layout: ~20 % faster on CPU, values to ~0.01 HU
     network_dtype: str = "auto"  # the networks' dtype: "auto" = bfloat16 (torch.autocast) where the device computes
     # in it natively (resolve_network_dtype), else float32; or "float32" / "bfloat16" on any device
-    num_inference_steps: int = 400  # DDIM steps (NFE per sample without warm start)
+    num_inference_steps: int | None = None  # DDIM steps (NFE per sample without warm start); None: by the views,
+    # 400 (DEFAULT_STEPS), or 800 below 16 views (FEW_VIEWS_STEPS), where 400 lost 0.6 dB on validation
     eta: float = 0.0  # DDIM noise (0 deterministic DDIM, 1 DDPM-like)
     gamma: float = 40.0  # sigma_t^2 = gamma * DDPM variance (small: trust the prior, large: the data)
     skip_interval: int = 1  # k: hard consistency every k-th step
@@ -163,6 +163,10 @@ class ResampleConfig:
     # (their chains see the wrapped-around strip there); 0 = plain average everywhere
     frame_warm_start: str = "shared"  # "each": every frame's chain solves its own warm start (A T^-1); "shared": one
     # warm start in the slice's frame, moved into each frame (image exactly, TV duals near): 3 of 4 solves saved
+    frame_rows: int = 32  # the frames' chains run side by side, as one batch of at most this many rows (slices x
+    # samples x frames: a batch of 8 slices in four frames is 32), which the CPU projector's sparse products run at
+    # about half the time per row of 8 rows; 0: one frame after another (the records made before; its random
+    # draws differ, so the images differ as two seeds do)
     frame_polish_iterations: int = 100  # iterations of one more TV solve from the frames' average, pulled towards it
     # as the final solve is (0: off; only with several frames and pixel_solver: tv)
     frame_polish_lambda: float | None = 4e-5  # constant part of that solve's TV weight (None: tv_final_lambda)
@@ -173,13 +177,33 @@ class ResampleConfig:
     mu_water: float = MU_WATER  # 1/mm, must match the value used to make the sinogram
 
 
+DEFAULT_STEPS = 400  # the default's DDIM steps (12 per chain after the warm start), chosen at 25 views
+FEW_VIEWS = 16  # below this many views the default takes FEW_VIEWS_STEPS
+FEW_VIEWS_STEPS = 800  # 25 steps per chain: at 10 views 0.6 dB above 400 steps on validation (docs/sampling.md)
+
+
+def steps_for(cfg: ResampleConfig, n_views: int | None = None) -> int:
+    """The DDIM steps ``cfg`` runs with ``n_views`` views: ``num_inference_steps``, or when it is ``None`` (the
+    default) ``DEFAULT_STEPS``, ``FEW_VIEWS_STEPS`` below ``FEW_VIEWS`` views (views unknown: ``DEFAULT_STEPS``)."""
+    if cfg.num_inference_steps is not None:
+        return int(cfg.num_inference_steps)
+    return FEW_VIEWS_STEPS if n_views is not None and int(n_views) < FEW_VIEWS else DEFAULT_STEPS
+
+
+def for_views(cfg: ResampleConfig, n_views: int | None) -> ResampleConfig:
+    """``cfg`` with its DDIM steps fixed for ``n_views`` views (:func:`steps_for`)."""
+    if cfg.num_inference_steps is not None:
+        return cfg
+    return replace(cfg, num_inference_steps=steps_for(cfg, n_views))
+
+
 def consistency_plan(cfg: ResampleConfig) -> dict[int, str]:
     """``C``: iteration index (0 = noisiest) -> ``"pixel"`` or ``"latent"``.
 
     Every ``skip_interval``-th step counted back from the last step before ``end_fraction``,
     down to ``start_fraction``; steps before ``latent_fraction`` use the pixel phase.
     """
-    n = int(cfg.num_inference_steps)
+    n = steps_for(cfg)
     if cfg.skip_interval < 1:
         raise ValueError(f"skip_interval must be >= 1, got {cfg.skip_interval}")
     if not (0.0 <= cfg.start_fraction <= cfg.end_fraction <= 1.0):
@@ -196,7 +220,7 @@ def warm_start_index(cfg: ResampleConfig) -> int:
     """First DDIM iteration run (0 without warm start); always leaves at least one step."""
     if cfg.warm_start == "none":
         return 0
-    n = int(cfg.num_inference_steps)
+    n = steps_for(cfg)
     return min(int(round(cfg.warm_start_fraction * n)), n - 1)
 
 
@@ -218,9 +242,10 @@ def chain_frames(cfg: ResampleConfig) -> list[str]:
     return frames
 
 
-def nfe_per_sample(cfg: ResampleConfig) -> int:
+def nfe_per_sample(cfg: ResampleConfig, n_views: int | None = None) -> int:
     """UNet evaluations of one posterior sample: the DDIM steps after the warm-start entry, once per frame
-    (``frames``: one trajectory each)."""
+    (``frames``: one trajectory each); ``n_views`` fixes the default's steps (:func:`steps_for`)."""
+    cfg = for_views(cfg, n_views)
     return (int(cfg.num_inference_steps) - warm_start_index(cfg)) * len(chain_frames(cfg))
 
 
@@ -232,14 +257,14 @@ def _check(cfg: ResampleConfig) -> None:
         raise ValueError("final_consistency must be 'last', 'none', 'pixel' or 'latent', "
                          f"got {cfg.final_consistency!r}")
     if cfg.final_consistency == "last":
-        n = int(cfg.num_inference_steps)
+        n = steps_for(cfg)
         plan = consistency_plan(cfg)
         if plan.get(n - 1) != "pixel":
             raise ValueError("final_consistency 'last' outputs the last DDIM step's pixel consistency image: it needs "
                              "end_fraction 1 and latent_fraction 1 (pixel consistency at the last step), got "
                              f"end_fraction {cfg.end_fraction}, latent_fraction {cfg.latent_fraction}")
-    if cfg.num_inference_steps < 1 or cfg.n_samples < 1:
-        raise ValueError("num_inference_steps and n_samples must be >= 1")
+    if (cfg.num_inference_steps is not None and cfg.num_inference_steps < 1) or cfg.n_samples < 1:
+        raise ValueError("num_inference_steps (or null: by the views) and n_samples must be >= 1")
     if cfg.eta < 0 or cfg.gamma < 0:
         raise ValueError("eta and gamma must be >= 0")
     if cfg.warm_start not in ("none", "sirt", "fbp", "tv"):
@@ -261,6 +286,8 @@ def _check(cfg: ResampleConfig) -> None:
         raise ValueError("warm_start_fraction must be in [0, 1)")
     if cfg.frame_warm_start not in ("each", "shared"):
         raise ValueError(f"frame_warm_start must be 'each' or 'shared', got {cfg.frame_warm_start!r}")
+    if cfg.frame_rows < 0:
+        raise ValueError(f"frame_rows must be >= 0 (0: one frame after another), got {cfg.frame_rows}")
     if cfg.frame_polish_iterations < 0 or cfg.frame_polish_flat_weight < 0:
         raise ValueError("frame_polish_iterations and frame_polish_flat_weight must be >= 0")
     if (cfg.frame_polish_lambda is not None and cfg.frame_polish_lambda < 0) or (
@@ -404,6 +431,66 @@ class Framed:
 
     def __getattr__(self, name):  # geometry, domain_shape, range_shape, _check, ...
         return getattr(self.__dict__["A"], name)
+
+
+class FrameStack:
+    """Several frames' chains side by side: rows ``[f n, (f + 1) n)`` of a batch are frame ``f``'s (``n = rows``),
+    and the operator on them is ``A T_f^-1`` (:class:`Framed`, each block at once). One product of ``A`` then
+    serves every frame, which is faster than one product per frame where ``A`` gains from more columns (the CPU
+    projector's sparse products). Block diagonal with orthogonal ``T_f``: the adjoint is exact and the norm ``A``'s.
+    """
+
+    def __init__(self, A, frames, rows: int):
+        self.A, self.frames, self.rows = A, list(frames), int(rows)
+        self.same_norm_as = getattr(A, "same_norm_as", A)
+        self._gather = {}
+
+    def _units(self, h: int, w: int, inverse: bool, device) -> torch.Tensor:
+        """For a batch-innermost image (pixels, frames, rows): the source of each (pixel, frame) unit of ``rows``
+        values, so that one ``index_select`` moves every frame's block (cached per shape and direction)."""
+        key = (h, w, inverse, str(device))
+        if key not in self._gather:
+            pixels = torch.arange(h * w, dtype=torch.float64).view(1, 1, h, w)
+            src = torch.stack([(f.inverse(pixels) if inverse else f(pixels)).flatten() for f in self.frames], 1)
+            m = len(self.frames)
+            self._gather[key] = (src.long() * m + torch.arange(m)).flatten().to(device)
+        return self._gather[key]
+
+    def _blocks(self, t: torch.Tensor, inverse: bool) -> torch.Tensor:
+        b, c, h, w = t.shape
+        if b != len(self.frames) * self.rows:
+            raise ValueError(f"a batch of {len(self.frames)} frames x {self.rows} rows was expected, got {b}")
+        if c == 1 and b > 1 and t.stride() == (1, h * w * b, w * b, b):
+            # the TV solver's batch-innermost layout: each pixel's rows of a frame are contiguous, so all the
+            # blocks move in one gather of those units (2 to 3 times faster than a copy per block)
+            units = t.permute(1, 2, 3, 0).reshape(h * w * len(self.frames), self.rows)
+            moved = units.index_select(0, self._units(h, w, inverse, t.device))
+            return moved.view(1, h, w, b).permute(3, 0, 1, 2)
+        out = torch.empty_like(t)
+        for f, frame in enumerate(self.frames):
+            block = slice(f * self.rows, (f + 1) * self.rows)
+            out[block] = frame.inverse(t[block]) if inverse else frame(t[block])
+        return out
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.A(self._blocks(x, inverse=True))
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self._blocks(self.A.adjoint(y), inverse=False)
+
+    def stack(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (rows, ...) in the slice's frame -> each frame's copy, stacked (``T_f t``)."""
+        return torch.cat([frame(t) for frame in self.frames])
+
+    def __getattr__(self, name):  # geometry, domain_shape, range_shape, _check, ...
+        return getattr(self.__dict__["A"], name)
+
+
+def frame_groups(frames: list, rows: int, frame_rows: int) -> list[list]:
+    """The frames split into consecutive groups whose chains run together: as many frames per group as fit
+    ``frame_rows`` rows of ``rows`` each (at least one; ``frame_rows`` 0: one frame per group)."""
+    per = 1 if frame_rows <= 0 else max(1, min(len(frames), int(frame_rows) // max(1, int(rows))))
+    return [frames[i:i + per] for i in range(0, len(frames), per)]
 
 
 def weights_folder(cfg: ResampleConfig):
@@ -625,6 +712,7 @@ def resample(prior, A, y: torch.Tensor, cfg: ResampleConfig, generator: torch.Ge
         ``nfe``, ``inner_iterations`` (per slice), ``consistency_steps``, decoder/encoder calls.
     """
     _check(cfg)
+    cfg = for_views(cfg, getattr(getattr(A, "geometry", None), "n_views", None))
     device = y.device
     batch = y.shape[0]
     scheduler = prior.ddim_scheduler(cfg.num_inference_steps)
@@ -749,19 +837,6 @@ def _warm_start_image(A, y: torch.Tensor, cfg: ResampleConfig):
     return mu_to_hu(mu, cfg.mu_water).clamp(HU_MIN, HU_MAX), dual
 
 
-FEW_VIEWS = 16  # below this many views the default's schedule (chosen at 25) is not the one to use
-
-
-def _warn_few_views(cfg: ResampleConfig, geometry: ParallelBeamGeometry) -> None:
-    """Warn when the default's schedule runs on few views, where longer schedules measured better."""
-    default = ResampleConfig()
-    keys = ("num_inference_steps", "tv_iterations", "warm_start_fraction")
-    if geometry.n_views < FEW_VIEWS and all(getattr(cfg, k) == getattr(default, k) for k in keys):
-        warnings.warn(f"ReSample's default schedule was chosen at 25 views; with {geometry.n_views} views "
-                      "--config resample_full (twice the time) or resample_10v measured better "
-                      "(README, 'Where each method wins')", stacklevel=4)
-
-
 def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=None, generator=None, prior=None,
                          n_samples: int | None = None, callback=None, **kwargs) -> ReconstructionOutput:
     """ReSample as a registered method.
@@ -783,8 +858,9 @@ def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=Non
         ``frame_shift`` pixels), polished by :func:`frame_polish` where the noise is low (``info["frame_polished"]``
         says for which slices).
     callback : callable(i, t, z0_hat), optional
-        Passed to :func:`resample`; with several ``frames`` it sees each frame's chain in turn, its
-        latents those of the image in that frame.
+        Passed to :func:`resample`; with several ``frames`` it sees each group of frames run together
+        (``frame_rows``: all four at a batch of up to 8 slices) in turn, ``z0_hat`` with one block of rows per
+        frame of the group (frame-major), each block's latents those of the image in that frame.
     **kwargs
         Single config fields to override.
     """
@@ -792,7 +868,7 @@ def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=Non
     cfg = load_config(ResampleConfig, config, overrides=kwargs)
     if n_samples is not None:
         cfg = load_config(ResampleConfig, cfg, overrides={"n_samples": int(n_samples)})
-    _warn_few_views(cfg, geometry)
+    cfg = for_views(cfg, geometry.n_views)  # the default's steps: 400, or 800 below 16 views
     y = sinogram.float()
     device = y.device
     prior = _common.resolve_prior(prior, cfg.prior, device, cfg.channels_last)
@@ -812,19 +888,37 @@ def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=Non
     shared = None
     if cfg.frame_warm_start == "shared" and cfg.warm_start != "none" and len(frames) > 1:
         shared = _warm_start_image(A, y_traj, cfg)  # once, in the slice's frame; each frame gets it moved
-    for frame, w in zip(frames, weights, strict=True):
-        # the same chain in each frame T (operator A T^-1: it reconstructs T x), moved back and averaged
-        warm = None if shared is None else (frame(shared[0]), frame.dual(shared[1]))
-        x_f, info_f = resample(prior, A if frame.name == "identity" else Framed(A, frame), y_traj, cfg, generator,
-                               callback=callback, warm=warm)
-        x_f = frame.inverse(x_f) * (w / total)
-        if info is None:
-            x0, inner, info = x_f, torch.tensor(info_f["inner_iterations"]), info_f
+    rows = y_traj.shape[0]
+    weight_of = {f.name: w for f, w in zip(frames, weights, strict=True)}
+    for group in frame_groups(frames, rows, cfg.frame_rows):
+        # the same chain in each frame T (operator A T^-1: it reconstructs T x), moved back and averaged; the
+        # frames of a group run side by side as one batch (frame-major rows)
+        if len(group) == 1:
+            frame = group[0]
+            op, y_g = (A if frame.name == "identity" else Framed(A, frame)), y_traj
+            warm = None if shared is None else (frame(shared[0]), frame.dual(shared[1]))
         else:
-            x0 = x0 + x_f
-            inner = inner + torch.tensor(info_f["inner_iterations"])
+            op, y_g = FrameStack(A, group, rows), y_traj.repeat(len(group), 1, 1, 1)
+            warm = None
+            if shared is not None:
+                duals = None
+                if shared[1] is not None:
+                    p = shared[1][0]  # the sinogram's dual: the same in every frame
+                    duals = (p.repeat(len(group), 1, 1, 1), torch.cat([f.dual(shared[1])[1] for f in group]))
+                warm = (op.stack(shared[0]), duals)
+        x_g, info_g = resample(prior, op, y_g, cfg, generator, callback=callback, warm=warm)
+        inner_g = torch.tensor(info_g["inner_iterations"]).view(len(group), rows).sum(dim=0)
+        for j, frame in enumerate(group):
+            x_f = frame.inverse(x_g[j * rows:(j + 1) * rows]) * (weight_of[frame.name] / total)
+            x0 = x_f if x0 is None else x0 + x_f
+        for key in ("decoder_calls", "encoder_calls"):  # counted per chain: a call on a group serves each frame
+            info_g[key] *= len(group)
+        if info is None:
+            inner, info = inner_g, info_g
+        else:
+            inner = inner + inner_g
             for key in ("decoder_calls", "encoder_calls"):
-                info[key] += info_f[key]
+                info[key] += info_g[key]
     m = len(frames)
     polished = torch.zeros(y_traj.shape[0], dtype=torch.bool)
     if m > 1 and cfg.frame_polish_iterations > 0 and cfg.pixel_solver == "tv":
@@ -834,6 +928,7 @@ def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=Non
     info.update(
         nfe=info["nfe"] * k * m,
         nfe_per_sample=info["nfe"] * m,
+        num_inference_steps=int(cfg.num_inference_steps),
         n_samples=k,
         inner_iterations=inner.tolist(),
         network_dtype=network_dtype,

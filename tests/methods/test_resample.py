@@ -254,21 +254,27 @@ def test_latent_dps_shapes_determinism_and_zeta_zero_is_ddim(tiny_prior, tiny_pr
     assert not torch.equal(a.image, d.image)
 
 
-def test_default_config_runs(tiny_prior, tiny_problem):
-    geom, hu, y = tiny_problem
-    with pytest.warns(UserWarning, match="resample_full"):  # the tiny problem has 10 views
-        out = ctresample.reconstruct(y, geom, method="resample", generator=_gen(0), prior=tiny_prior)
+@pytest.mark.parametrize("views", [25, 10])
+def test_default_config_runs(tiny_prior, views):
+    from operators import ParallelBeamGeometry
+
+    geom = ParallelBeamGeometry(image_size=32, n_views=views)
+    y = projector_for(geom)(0.02 * torch.rand(2, 1, 32, 32, generator=_gen(9)))
+    out = ctresample.reconstruct(y, geom, method="resample", generator=_gen(0), prior=tiny_prior)
+    # 400 DDIM steps, 800 below 16 views: 12 or 25 steps per chain after the warm start
+    steps = 12 if views >= 16 else 25
+    assert out.info["num_inference_steps"] == (400 if views >= 16 else 800)
     # one sample (TV consistency: samples agree), its chain run in four frames (slice, mirror, shift, both)
-    assert out.info["nfe_per_sample"] == 48 and len(out.info["consistency_steps"]) == 12
-    assert out.info["n_samples"] == 1 and out.info["nfe"] == 48
+    assert out.info["nfe_per_sample"] == 4 * steps and len(out.info["consistency_steps"]) == steps
+    assert out.info["n_samples"] == 1 and out.info["nfe"] == 4 * steps
     assert out.info["frames"] == ["identity", "mirror", "shift", "mirror+shift"]
     assert out.std is None
-    # TV consistency: 80 iterations at each of 11 steps (warm duals); the last step's solve (100) is the output;
-    # and the average of a slice with little noise in its residual is polished by 100 more
+    # TV consistency: 80 iterations at each step but the last (warm duals); the last step's solve (100) is the
+    # output; and the average of a slice with little noise in its residual is polished by 100 more
     assert len(out.info["frame_polished"]) == y.shape[0]
-    assert out.info["inner_iterations"] == [4 * (11 * 80 + 100) + 100 * p for p in out.info["frame_polished"]]
-    # 11 steps + the warm start's encoding, per frame (one warm-start solve, shared: not counted as a decode)
-    assert out.info["decoder_calls"] == 4 * 12 and out.info["encoder_calls"] == 4 * 12
+    assert out.info["inner_iterations"] == [4 * ((steps - 1) * 80 + 100) + 100 * p for p in out.info["frame_polished"]]
+    # the steps but the last + the warm start's encoding, per frame (one warm-start solve, shared: not a decode)
+    assert out.info["decoder_calls"] == 4 * steps and out.info["encoder_calls"] == 4 * steps
 
 
 def test_warm_start_skips_steps(tiny_prior, tiny_problem):
@@ -424,11 +430,12 @@ def test_mirrored_operator_reconstructs_the_mirror_image(tiny_problem):
 
 
 def test_mirror_average_is_the_pair_mean(tiny_prior, tiny_problem):
-    """``mirror_average``: a second chain on the mirror image, flipped back and averaged with the first."""
+    """``mirror_average``: a second chain on the mirror image, flipped back and averaged with the first (run one
+    after the other: ``frame_rows: 0``)."""
     from ctresample.methods.resample import Frame, Framed
 
     geom, hu, y = tiny_problem
-    cfg = {**FAST, "frames": ("identity", "mirror")}
+    cfg = {**FAST, "frames": ("identity", "mirror"), "frame_rows": 0}
     out = ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(4), prior=tiny_prior)
     A = projector_for(geom)
     g = _gen(4)
@@ -492,14 +499,15 @@ def test_framed_operator_reconstructs_the_image_in_its_frame(tiny_problem):
 
 def test_frames_average_is_the_mean_of_the_chains(tiny_prior, tiny_problem):
     """``frames``: one chain per frame, each moved back and averaged, the shift frames left out within
-    ``frame_border`` pixels of the edges; NFE, decoder calls and solves count all chains."""
+    ``frame_border`` pixels of the edges; NFE, decoder calls and solves count all chains (one frame after another:
+    ``frame_rows: 0``; side by side in the next test)."""
     from ctresample.methods.resample import Frame, Framed
 
     geom, hu, y = tiny_problem
     names = ["identity", "mirror", "shift"]
     A = projector_for(geom)
     for border in (0, 5):
-        cfg = {**FAST, "frames": names, "frame_border": border}
+        cfg = {**FAST, "frames": names, "frame_border": border, "frame_rows": 0}
         out = ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(5), prior=tiny_prior)
         g = _gen(5)
         chains = []
@@ -522,6 +530,80 @@ def test_frames_average_is_the_mean_of_the_chains(tiny_prior, tiny_problem):
                                   generator=_gen(5), prior=tiny_prior)
     x_s, _ = resample(tiny_prior, Framed(A, Frame("shift")), y, ResampleConfig(**FAST), _gen(5))
     torch.testing.assert_close(only.image, Frame("shift").inverse(x_s))
+
+
+def test_frame_stack_is_each_frames_operator_side_by_side(tiny_problem):
+    """``FrameStack``: block f of the rows gets ``A T_f^-1`` (the Framed operator), with the exact adjoint and the norm
+    of ``A``; ``stack`` moves one image into every frame; a batch of another size is refused."""
+    from ctresample.methods.resample import Frame, Framed, FrameStack
+    from ctresample.solvers.cg import operator_norm_sq
+    from ctresample.solvers.tv import batch_last
+
+    geom, hu, y = tiny_problem
+    A = projector_for(geom)
+    frames = [Frame(n, 3) for n in Frame.NAMES]
+    S = FrameStack(A, frames, rows=2)
+    g = _gen(2)
+    x = torch.rand(8, 1, 32, 32, generator=g)
+    r = torch.rand(8, 1, *geom.sinogram_shape, generator=g)
+    for xi in (x, batch_last(x)):  # the solver's batch-innermost layout too
+        fx, ar = S(xi), S.adjoint(batch_last(r) if xi is not x else r)
+        for f, T in enumerate(frames):
+            block = slice(2 * f, 2 * f + 2)
+            torch.testing.assert_close(fx[block], Framed(A, T)(x[block]), rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(ar[block], Framed(A, T).adjoint(r[block]), rtol=1e-6, atol=1e-6)
+    lhs, rhs = (S(x).double() * r).sum(), (x * S.adjoint(r)).double().sum()
+    assert abs(float(lhs - rhs)) <= 1e-5 * abs(float(lhs))
+    assert operator_norm_sq(S) == operator_norm_sq(A) and S.geometry == geom
+    assert torch.equal(S.stack(x[:2]), torch.cat([T(x[:2]) for T in frames]))
+    with pytest.raises(ValueError, match="4 frames x 2 rows"):
+        S(x[:6])
+
+
+def test_frame_groups_fill_frame_rows():
+    from ctresample.methods.resample import frame_groups
+
+    names = ["identity", "mirror", "shift", "mirror+shift"]
+    assert frame_groups(names, 8, 32) == [names]  # the default's batch of 8: all four side by side
+    assert frame_groups(names, 16, 32) == [names[:2], names[2:]]
+    assert frame_groups(names, 12, 32) == [names[:2], names[2:]]
+    assert frame_groups(names, 32, 32) == [[n] for n in names] == frame_groups(names, 64, 32)
+    assert frame_groups(names, 8, 0) == [[n] for n in names]  # 0: one after another
+    assert frame_groups(names[:3], 1, 32) == [names[:3]]
+    from ctresample.methods.resample import _check
+
+    with pytest.raises(ValueError, match="frame_rows"):
+        _check(ResampleConfig(frame_rows=-1))
+
+
+def test_frames_side_by_side_are_one_stacked_chain(tiny_prior, tiny_problem):
+    """``frame_rows``: the frames that fit run as one chain on the stacked batch (FrameStack, the shared warm start
+    moved into each frame), moved back and averaged as the frames one after another are; counts per chain."""
+    from ctresample.methods.resample import Frame, FrameStack, _warm_start_image
+
+    geom, hu, y = tiny_problem
+    names = ["identity", "mirror", "shift", "mirror+shift"]
+    cfg = {**FAST, "frames": names, "frame_border": 0, "pixel_solver": "tv", "tv_iterations": 3,
+           "final_consistency": "last", "warm_start": "tv", "warm_start_tv_iterations": 6,
+           "warm_start_fraction": 0.5, "frame_warm_start": "shared", "frame_polish_iterations": 0}
+    out = ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(6), prior=tiny_prior)
+    A = projector_for(geom)
+    frames = [Frame(n) for n in names]
+    S = FrameStack(A, frames, rows=y.shape[0])
+    c = ResampleConfig(**cfg)
+    img, (p, q) = _warm_start_image(A, y, c)
+    warm = (S.stack(img), (p.repeat(4, 1, 1, 1), torch.cat([T.dual((p, q))[1] for T in frames])))
+    x, info = resample(tiny_prior, S, y.repeat(4, 1, 1, 1), c, _gen(6), warm=warm)
+    n = y.shape[0]
+    back = sum(T.inverse(x[n * f:n * (f + 1)]) for f, T in enumerate(frames)) / 4
+    torch.testing.assert_close(out.image, back)
+    assert out.info["nfe"] == 4 * info["nfe"] == nfe_per_sample(c)
+    assert out.info["decoder_calls"] == 4 * info["decoder_calls"] and out.info["frames"] == names
+    assert out.info["inner_iterations"] == [sum(info["inner_iterations"][r::n]) for r in range(n)]
+    one_by_one = ctresample.reconstruct(y, geom, method="resample", config={**cfg, "frame_rows": 0},
+                                        generator=_gen(6), prior=tiny_prior)
+    assert one_by_one.info["inner_iterations"] == out.info["inner_iterations"]
+    assert float((one_by_one.image - out.image).abs().max()) > 0  # other random draws: another sample
 
 
 def test_frame_polish_is_one_more_final_solve_from_the_average(tiny_prior, tiny_problem):
@@ -618,10 +700,15 @@ def test_shared_warm_start_is_solved_once_and_moved_into_each_frame(tiny_prior, 
         return original(A, y_, c)
 
     monkeypatch.setattr(rs, "_warm_start_image", counted)
-    each = ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(8), prior=tiny_prior)
-    assert len(calls) == 3
+    each = ctresample.reconstruct(y, geom, method="resample", config={**cfg, "frame_rows": 0}, generator=_gen(8),
+                                  prior=tiny_prior)
+    assert len(calls) == 3  # one frame after another: a solve each
     calls.clear()
-    shared = ctresample.reconstruct(y, geom, method="resample", config={**cfg, "frame_warm_start": "shared"},
+    ctresample.reconstruct(y, geom, method="resample", config=cfg, generator=_gen(8), prior=tiny_prior)
+    assert calls == ["FrameStack"]  # side by side: each frame's solve, all in one
+    calls.clear()
+    shared = ctresample.reconstruct(y, geom, method="resample",
+                                    config={**cfg, "frame_warm_start": "shared", "frame_rows": 0},
                                     generator=_gen(8), prior=tiny_prior)
     assert calls == ["ParallelBeamProjector"]  # once, with the plain operator
     assert shared.info["nfe"] == each.info["nfe"]
@@ -699,21 +786,32 @@ def test_network_dtype_bfloat16(tiny_prior, tiny_problem):
                                prior=tiny_prior)
 
 
-def test_few_views_with_the_default_schedule_warn(tiny_prior):
-    """Below 16 views the default's schedule (chosen at 25) warns and names the presets that measured better;
-    another schedule, or 25 views, does not."""
-    import warnings
-
+def test_default_steps_follow_the_views(tiny_prior):
+    """``num_inference_steps: null`` (the default): 400 DDIM steps from 16 views, 800 below; a number is kept at any
+    view count, and so are the presets' schedules."""
+    from ctresample.config import load_config
+    from ctresample.methods.resample import FEW_VIEWS, for_views, steps_for
     from operators import ParallelBeamGeometry
 
-    cfg = {**FAST, "num_inference_steps": 400, "tv_iterations": 80, "warm_start_fraction": 0.96875,
-           "warm_start": "fbp"}
-    for views, schedule, expected in ((10, {}, True), (25, {}, False), (10, {"num_inference_steps": 200}, False)):
+    d = ResampleConfig()
+    assert d.num_inference_steps is None and FEW_VIEWS == 16
+    assert [steps_for(d, v) for v in (None, 25, 16, 15, 10)] == [400, 400, 400, 800, 800]
+    assert nfe_per_sample(d) == nfe_per_sample(d, 25) == 48 and nfe_per_sample(d, 10) == 100
+    assert steps_for(ResampleConfig(num_inference_steps=400), 10) == 400
+    assert for_views(load_config(ResampleConfig, "resample_10v"), 10).num_inference_steps == 200
+    assert for_views(load_config(ResampleConfig, "resample_full"), 25).num_inference_steps == 800
+    cfg = {**FAST, "warm_start": "fbp", "warm_start_fraction": 0.96875, "num_inference_steps": None}
+    for views, steps, nfe in ((10, 800, 25), (25, 400, 12)):
         geom = ParallelBeamGeometry(image_size=32, n_views=views)
         y = projector_for(geom)(torch.full((1, 1, 32, 32), 0.02))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            ctresample.reconstruct(y, geom, method="resample", config={**cfg, **schedule}, prior=tiny_prior,
-                                   generator=_gen(0))
-        hits = [w for w in caught if "resample_full" in str(w.message)]
-        assert bool(hits) == expected, (views, schedule)
+        out = ctresample.reconstruct(y, geom, method="resample", config=cfg, prior=tiny_prior, generator=_gen(0))
+        assert out.info["num_inference_steps"] == steps and out.info["nfe"] == nfe, views
+        # resample() on its own reads the views from the operator
+        x, info = resample(tiny_prior, projector_for(geom), y, ResampleConfig(**cfg), _gen(0))
+        assert info["nfe"] == nfe
+    explicit = ctresample.reconstruct(y, geom, method="resample", config={**cfg, "num_inference_steps": 800},
+                                      prior=tiny_prior, generator=_gen(0))
+    assert explicit.info["num_inference_steps"] == 800  # at 25 views, as asked
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        ctresample.reconstruct(y, geom, method="resample", config={**cfg, "num_inference_steps": 0},
+                               prior=tiny_prior)

@@ -32,6 +32,34 @@ def test_chunked_equals_cached(rng):
     assert torch.allclose(cached.adjoint(y), chunked.adjoint(y))
 
 
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_many_columns_use_the_same_sums(rng, monkeypatch, chunks):
+    """From EMBEDDING_BAG_MIN_COLUMNS columns on a CPU, float32 products run as embedding_bag sums: the values
+    of the CSR product (float64 reference), a matched adjoint, with one cached matrix or several view chunks."""
+    import operators.projector as pj
+
+    g = ParallelBeamGeometry(image_size=20, n_views=9)
+    n = pj.EMBEDDING_BAG_MIN_COLUMNS + 3
+    A = ParallelBeamProjector(g)
+    if chunks > 1:
+        monkeypatch.setattr(A, "_chunks", lambda: [slice(0, 4), slice(4, 7), slice(7, 9)])
+    x = torch.rand(n, 1, 20, 20, generator=rng)
+    y = torch.rand(n, 1, *g.sinogram_shape, generator=rng)
+    calls = []
+    original = pj.F.embedding_bag
+    monkeypatch.setattr(pj.F, "embedding_bag", lambda *a, **k: calls.append(1) or original(*a, **k))
+    fx, aty = A(x), A.adjoint(y)
+    assert len(calls) == 2 * chunks  # the kernel was used, forward and adjoint
+    ref = ParallelBeamProjector(g)
+    assert torch.allclose(fx.double(), ref(x.double()), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(aty.double(), ref.adjoint(y.double()), rtol=1e-5, atol=1e-5)
+    lhs, rhs = (fx.double() * y.double()).sum(), (x.double() * aty.double()).sum()
+    assert abs(lhs - rhs) <= 1e-5 * abs(lhs)
+    calls.clear()
+    A(x[:2])  # few columns: torch's CSR product
+    assert calls == []
+
+
 def test_physical_scaling_water_cylinder():
     """Line integrals are dimensionless: a 300 mm water cylinder peaks near 300 * mu_water."""
     for n, ps in ((128, 400 / 128), (256, 400 / 256)):
