@@ -75,12 +75,13 @@ def gradient(u: torch.Tensor, z_weight: float = 0.0) -> torch.Tensor:
     Channel 0: rows (down), 1: columns (right), 2 (when ``z_weight > 0``): ``z_weight`` times the
     difference to the next slice of the batch (zero for the last).
     """
-    # written into one buffer (no pad / cat temporaries: 2x faster on a CPU, the same values)
+    # written into one buffer (no pad / cat temporaries: 2x faster on a CPU, the same values), the differences
+    # straight into it (out=: no temporary to copy, 8 % of a TV iteration at 32 slices)
     b, _, h, w = u.shape
     g = _new_empty(u, 3 if z_weight > 0 else 2)
-    g[:, 0:1, :-1, :] = u[:, :, 1:, :] - u[:, :, :-1, :]
+    torch.sub(u[:, :, 1:, :], u[:, :, :-1, :], out=g[:, 0:1, :-1, :])
     g[:, 0:1, -1:, :] = 0.0
-    g[:, 1:2, :, :-1] = u[:, :, :, 1:] - u[:, :, :, :-1]
+    torch.sub(u[:, :, :, 1:], u[:, :, :, :-1], out=g[:, 1:2, :, :-1])
     g[:, 1:2, :, -1:] = 0.0
     if z_weight > 0:
         g[:-1, 2:3] = z_weight * (u[1:] - u[:-1])
@@ -117,8 +118,9 @@ def divergence(g: torch.Tensor, z_weight: float = 0.0) -> torch.Tensor:
     # zeros beyond the edges: the values of the padded formula (7x faster on a CPU), at most an
     # exact zero's sign differs
     gr, gc = g[:, 0:1, :-1, :], g[:, 1:2, :, :-1]
-    d = _new_empty(g, 1).zero_()
+    d = _new_empty(g, 1)
     d[:, :, :-1, :] = gr
+    d[:, :, -1:, :] = 0.0  # (not the whole image zeroed first: the same values, one pass less)
     d[:, :, 1:, :] -= gr
     d[:, :, :, :-1] += gc
     d[:, :, :, 1:] -= gc
