@@ -39,6 +39,10 @@ def test_differentiable():
     q = torch.randn((2, 3, 5, 4), generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: gradient(t, 0.5), (u,))
     assert torch.autograd.gradcheck(lambda t: divergence(t, 0.5), (q,))
+    # with autograd the differences are assigned; without, written straight into the buffer: the same values
+    with torch.no_grad():
+        assert torch.equal(gradient(u, 0.5), gradient(u.detach(), 0.5))
+    assert torch.equal(gradient(u, 0.5).detach(), gradient(u.detach(), 0.5)) and gradient(u).requires_grad
 
 
 @pytest.mark.parametrize("z_weight", [0.0, 0.7])
