@@ -24,9 +24,10 @@ call is timed in the same process on a batch of ``batch`` random latents (median
 network alone. Where a method runs ``n_samples`` trajectories per slice its UNet calls are
 on ``batch x n_samples`` latents, and ReSample runs its frames' chains side by side (``frame_rows``: at batch 8
 the four frames' calls are on 32 latents), so the table also gives ``ratio_run``: wall time over the
-UNet time actually spent inside the run. For the shipped UNet on this CPU a call on 32 latents cost the same per
-latent as four on 8 (0.44 against 0.45 s), so the two ratios agree; a tiny network on a tiny batch runs cheaper per
-latent in the larger calls, which can put ``ratio`` below 1 (``ratio_run`` cannot be).
+UNet time actually spent inside the run. For the shipped UNet on this CPU a call on 32 latents cost about the
+same as four on 8, or a little less (0.445 / 0.436 against 0.497 / 0.452 s in two rounds), so the two ratios
+agree within that; a tiny network on a tiny batch runs cheaper per latent in the larger calls, which can put
+``ratio`` below 1 (``ratio_run`` cannot be).
 
 The allocator is set as the command-line tools set it (``ctresample.utils.tune_cpu_allocator``:
 glibc keeps freed memory for reuse) unless ``--allocator default``; ``--allocator compare``

@@ -482,6 +482,13 @@ class FrameStack:
         """``t`` (rows, ...) in the slice's frame -> each frame's copy, stacked (``T_f t``)."""
         return torch.cat([frame(t) for frame in self.frames])
 
+    def stack_dual(self, dual):
+        """A TV solve's duals ``(p, q)`` in the slice's frame -> each frame's (:meth:`Frame.dual`), stacked."""
+        if dual is None:
+            return None
+        moved = [frame.dual(dual) for frame in self.frames]
+        return torch.cat([p for p, _ in moved]), torch.cat([q for _, q in moved])
+
     def __getattr__(self, name):  # geometry, domain_shape, range_shape, _check, ...
         return getattr(self.__dict__["A"], name)
 
@@ -899,13 +906,7 @@ def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=Non
             warm = None if shared is None else (frame(shared[0]), frame.dual(shared[1]))
         else:
             op, y_g = FrameStack(A, group, rows), y_traj.repeat(len(group), 1, 1, 1)
-            warm = None
-            if shared is not None:
-                duals = None
-                if shared[1] is not None:
-                    p = shared[1][0]  # the sinogram's dual: the same in every frame
-                    duals = (p.repeat(len(group), 1, 1, 1), torch.cat([f.dual(shared[1])[1] for f in group]))
-                warm = (op.stack(shared[0]), duals)
+            warm = None if shared is None else (op.stack(shared[0]), op.stack_dual(shared[1]))
         x_g, info_g = resample(prior, op, y_g, cfg, generator, callback=callback, warm=warm)
         inner_g = torch.tensor(info_g["inner_iterations"]).view(len(group), rows).sum(dim=0)
         for j, frame in enumerate(group):

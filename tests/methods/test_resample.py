@@ -556,6 +556,10 @@ def test_frame_stack_is_each_frames_operator_side_by_side(tiny_problem):
     assert abs(float(lhs - rhs)) <= 1e-5 * abs(float(lhs))
     assert operator_norm_sq(S) == operator_norm_sq(A) and S.geometry == geom
     assert torch.equal(S.stack(x[:2]), torch.cat([T(x[:2]) for T in frames]))
+    p, q = r[:2], torch.rand(2, 2, 32, 32, generator=g)
+    sp, sq = S.stack_dual((p, q))
+    assert torch.equal(sp, p.repeat(4, 1, 1, 1)) and torch.equal(sq, torch.cat([T.dual((p, q))[1] for T in frames]))
+    assert S.stack_dual(None) is None
     with pytest.raises(ValueError, match="4 frames x 2 rows"):
         S(x[:6])
 
