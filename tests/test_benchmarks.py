@@ -269,3 +269,37 @@ def test_tune_last_solve_reproduces_the_chain_output(tmp_path, tiny_prior):
     edge = "; edge TV 0.1, 30 HU"
     assert abs(out["flat 5, 12 HU" + edge]["psnr"] - out["flat 0, 12 HU" + edge]["psnr"]) > 1e-3
     assert abs(out["flat 0.03, 12 HU"]["psnr"] - out["chain output"]["psnr"]) > 1e-4  # plain TV in the last solve
+
+
+def test_network_flops_benchmark_quick(tmp_path, capsys):
+    """benchmarks/network_flops.py --quick: a row per network; the decoder's FLOPs are those of its convolutions,
+    counted here from each layer's output shape; the shares and rates are positive."""
+    import json
+
+    import torch
+
+    from ctresample.models.prior import LatentDiffusionPrior
+
+    bench = _load("network_flops")
+    out = tmp_path / "flops.json"
+    assert bench.main(["--quick", "--threads", "1", "--dtype", "float32", "--json", str(out)]) == 0
+    assert "| decoder |" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    rows = {r["network"]: r for r in data["rows"]}
+    assert set(rows) == {"decoder", "encoder", "unet"}
+    prior, batch = LatentDiffusionPrior.tiny(), rows["decoder"]["batch"]
+    flops = []
+
+    def hook(module, args, output):
+        k = module.kernel_size[0] * module.kernel_size[1]
+        flops.append(2 * output.numel() * module.in_channels // module.groups * k)
+
+    handles = [m.register_forward_hook(hook) for m in prior.vae.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        prior.decode(torch.zeros(batch, *prior.latent_shape))
+    for h in handles:
+        h.remove()
+    assert rows["decoder"]["gflop"] == pytest.approx(sum(flops) / 1e9, rel=1e-6)
+    for r in rows.values():
+        assert r["s"] > 0 and 0 < r["conv_share"] <= 1 and r["conv_gflops"] > 0 and r["of_matmul"] > 0
+    assert data["matmul_gflops"] > 0 and data["dtype"] == "float32"

@@ -239,10 +239,10 @@ def _run_method(spec: MethodRun, setting: Setting, slices: EvaluationSlices, sin
                           if isinstance(v, (int, float, str, bool)) and key not in ("wall_time",)}
             state.error = None
             state.save()
-            bar.update(n)
             done = [state.records[k]["psnr"] for k in state.records if math.isfinite(state.records[k]["psnr"])]
-            if done:
+            if done:  # before update: a plain progress line written by update shows the slices done so far
                 bar.set_postfix_str(f"PSNR {np.mean(done):.2f} dB")
+            bar.update(n)
     finally:
         bar.close()
 

@@ -255,3 +255,24 @@ def test_weights_identity_ignores_the_model_card_not_the_weights(tmp_path):
     w.write_bytes(b"1" * 11)
     os.utime(w, ns=(1, 1))
     assert weights_identity(tmp_path) != before
+
+
+def test_progress_lines_show_the_mean_psnr_of_the_slices_done(tiny_slices, tmp_path, capsys, monkeypatch):
+    """Without a terminal each batch writes a progress line; its PSNR is the mean over the slices done by then,
+    the last one the table's mean (it used to lag one batch behind)."""
+    import re
+
+    import ctresample.utils
+
+    monkeypatch.setattr(ctresample.utils, "PLAIN_PROGRESS_SECONDS", 0.0)  # a line per batch
+    settings = EvaluationSettings(methods=parse_methods("fbp"), views=(8,), noises=(None,), batch_size=2,
+                                  figure_slices=0, quiet=False)
+    assert evaluate(tiny_slices, tmp_path / "rep", settings).ok
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "| fbp:" in ln and "PSNR" in ln]
+    _, per = read_csv(tmp_path / "rep" / "per_slice.csv")
+    psnr = [float(r["psnr"]) for r in sorted(per, key=lambda r: int(r["index"]))]
+    shown = [(int(re.search(r": (\d+)/", ln).group(1)), float(re.search(r"PSNR ([\d.]+) dB", ln).group(1)))
+             for ln in lines]
+    assert [n for n, _ in shown] == [2, 3]
+    for n, value in shown:
+        assert value == pytest.approx(np.mean(psnr[:n]), abs=0.006)
