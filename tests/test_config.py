@@ -103,8 +103,8 @@ def test_resample_10v_preset_is_the_default_entered_earlier():
     assert nfe_per_sample(sparse) == 25 and nfe_per_sample(default) == 48
 
     assert _entry_timestep(default) == 22 and _entry_timestep(sparse) == 120
-    assert _entry_timestep(default, n_views=10) == 24 and _entry_timestep(sparse, n_views=10) == 120
-    assert nfe_per_sample(default, 10) == 100 and nfe_per_sample(sparse, 10) == 25  # 800 steps below 16 views
+    assert _entry_timestep(default, n_views=10) == 120 and _entry_timestep(sparse, n_views=10) == 120
+    assert nfe_per_sample(default, 10) == 100 and nfe_per_sample(sparse, 10) == 25  # 200 steps below 16 views
 
 
 def test_resample_full_preset_is_the_previous_default_on_a_finer_schedule():

@@ -110,7 +110,7 @@ class ResampleConfig:
     network_dtype: str = "auto"  # the networks' dtype: "auto" = bfloat16 (torch.autocast) where the device computes
     # in it natively (resolve_network_dtype), else float32; or "float32" / "bfloat16" on any device
     num_inference_steps: int | None = None  # DDIM steps (NFE per sample without warm start); None: by the views,
-    # 400 (DEFAULT_STEPS), or 800 below 16 views (FEW_VIEWS_STEPS), where 400 lost 0.6 dB on validation
+    # 400 (DEFAULT_STEPS), or 200 below 16 views (FEW_VIEWS_STEPS, entered earlier: warm_start_fraction)
     eta: float = 0.0  # DDIM noise (0 deterministic DDIM, 1 DDPM-like)
     gamma: float = 40.0  # sigma_t^2 = gamma * DDPM variance (small: trust the prior, large: the data)
     skip_interval: int = 1  # k: hard consistency every k-th step
@@ -151,7 +151,8 @@ class ResampleConfig:
     final_consistency: str = "last"  # "last": the last step's consistency image is the output (no final encode,
     # decode or solve); after D(z_0): "none", "pixel" (the pixel solver near D(z_0)) or "latent"
     warm_start: str = "tv"  # "none" (z_T ~ N(0, I), the paper) or "sirt"/"fbp": noise E(x_init) to the first step
-    warm_start_fraction: float = 0.96875  # share of the DDIM steps skipped by the warm start (saves NFE)
+    warm_start_fraction: float | None = None  # share of the DDIM steps skipped by the warm start (saves NFE); None:
+    # 0.96875 (t = 22 of 400 steps), or below 16 views with num_inference_steps None 0.875 (t = 120 of 200 steps)
     warm_start_iterations: int = 50  # SIRT iterations of the warm-start image
     clip_output: bool = True  # clip the output to the HU window [-1024, 3071]
     n_samples: int = 1  # posterior samples per slice (mean + std map when > 1)
@@ -178,8 +179,14 @@ class ResampleConfig:
 
 
 DEFAULT_STEPS = 400  # the default's DDIM steps (12 per chain after the warm start), chosen at 25 views
-FEW_VIEWS = 16  # below this many views the default takes FEW_VIEWS_STEPS
-FEW_VIEWS_STEPS = 800  # 25 steps per chain: at 10 views 0.6 dB above 400 steps on validation (docs/sampling.md)
+DEFAULT_WARM_START_FRACTION = 0.96875  # the default's entry: t = 22 of 400 steps
+FEW_VIEWS = 16  # below this many views the default takes the few-views schedule:
+FEW_VIEWS_STEPS = 200  # 25 steps per chain from t = 120 (FEW_VIEWS_WARM_START_FRACTION): a poorer TV start image
+FEW_VIEWS_WARM_START_FRACTION = 0.875  # needs more noise to correct it (docs/sampling.md "Few views, entered earlier")
+
+
+def _few_views(n_views: int | None) -> bool:
+    return n_views is not None and int(n_views) < FEW_VIEWS
 
 
 def steps_for(cfg: ResampleConfig, n_views: int | None = None) -> int:
@@ -187,14 +194,27 @@ def steps_for(cfg: ResampleConfig, n_views: int | None = None) -> int:
     default) ``DEFAULT_STEPS``, ``FEW_VIEWS_STEPS`` below ``FEW_VIEWS`` views (views unknown: ``DEFAULT_STEPS``)."""
     if cfg.num_inference_steps is not None:
         return int(cfg.num_inference_steps)
-    return FEW_VIEWS_STEPS if n_views is not None and int(n_views) < FEW_VIEWS else DEFAULT_STEPS
+    return FEW_VIEWS_STEPS if _few_views(n_views) else DEFAULT_STEPS
+
+
+def warm_start_fraction_for(cfg: ResampleConfig, n_views: int | None = None) -> float:
+    """The warm start's share of skipped steps with ``n_views`` views: ``warm_start_fraction``, or when it is
+    ``None`` (the default) ``DEFAULT_WARM_START_FRACTION``, and ``FEW_VIEWS_WARM_START_FRACTION`` below ``FEW_VIEWS``
+    views where the steps follow the views too (``num_inference_steps`` ``None``): the schedule is one pair."""
+    if cfg.warm_start_fraction is not None:
+        return float(cfg.warm_start_fraction)
+    if cfg.num_inference_steps is None and _few_views(n_views):
+        return FEW_VIEWS_WARM_START_FRACTION
+    return DEFAULT_WARM_START_FRACTION
 
 
 def for_views(cfg: ResampleConfig, n_views: int | None) -> ResampleConfig:
-    """``cfg`` with its DDIM steps fixed for ``n_views`` views (:func:`steps_for`)."""
-    if cfg.num_inference_steps is not None:
+    """``cfg`` with its DDIM schedule fixed for ``n_views`` views (:func:`steps_for`,
+    :func:`warm_start_fraction_for`)."""
+    if cfg.num_inference_steps is not None and cfg.warm_start_fraction is not None:
         return cfg
-    return replace(cfg, num_inference_steps=steps_for(cfg, n_views))
+    return replace(cfg, num_inference_steps=steps_for(cfg, n_views),
+                   warm_start_fraction=warm_start_fraction_for(cfg, n_views))
 
 
 def consistency_plan(cfg: ResampleConfig) -> dict[int, str]:
@@ -221,7 +241,7 @@ def warm_start_index(cfg: ResampleConfig) -> int:
     if cfg.warm_start == "none":
         return 0
     n = steps_for(cfg)
-    return min(int(round(cfg.warm_start_fraction * n)), n - 1)
+    return min(int(round(warm_start_fraction_for(cfg) * n)), n - 1)
 
 
 def chain_frames(cfg: ResampleConfig) -> list[str]:
@@ -282,7 +302,7 @@ def _check(cfg: ResampleConfig) -> None:
         raise ValueError("tv_edge_weight and final_tv_edge_weight must be in [0, 1]")
     if cfg.tv_edge_hu <= 0:
         raise ValueError(f"tv_edge_hu must be > 0 (HU per pixel), got {cfg.tv_edge_hu}")
-    if not (0.0 <= cfg.warm_start_fraction < 1.0):
+    if cfg.warm_start_fraction is not None and not (0.0 <= cfg.warm_start_fraction < 1.0):
         raise ValueError("warm_start_fraction must be in [0, 1)")
     if cfg.frame_warm_start not in ("each", "shared"):
         raise ValueError(f"frame_warm_start must be 'each' or 'shared', got {cfg.frame_warm_start!r}")
@@ -875,7 +895,7 @@ def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=Non
     cfg = load_config(ResampleConfig, config, overrides=kwargs)
     if n_samples is not None:
         cfg = load_config(ResampleConfig, cfg, overrides={"n_samples": int(n_samples)})
-    cfg = for_views(cfg, geometry.n_views)  # the default's steps: 400, or 800 below 16 views
+    cfg = for_views(cfg, geometry.n_views)  # the default's schedule: 400 steps from t = 22, or 200 from t = 120 below 16
     y = sinogram.float()
     device = y.device
     prior = _common.resolve_prior(prior, cfg.prior, device, cfg.channels_last)
@@ -930,6 +950,7 @@ def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=Non
         nfe=info["nfe"] * k * m,
         nfe_per_sample=info["nfe"] * m,
         num_inference_steps=int(cfg.num_inference_steps),
+        warm_start_fraction=float(cfg.warm_start_fraction),
         n_samples=k,
         inner_iterations=inner.tolist(),
         network_dtype=network_dtype,

@@ -261,9 +261,10 @@ def test_default_config_runs(tiny_prior, views):
     geom = ParallelBeamGeometry(image_size=32, n_views=views)
     y = projector_for(geom)(0.02 * torch.rand(2, 1, 32, 32, generator=_gen(9)))
     out = ctresample.reconstruct(y, geom, method="resample", generator=_gen(0), prior=tiny_prior)
-    # 400 DDIM steps, 800 below 16 views: 12 or 25 steps per chain after the warm start
+    # 400 DDIM steps entered at t = 22, 200 from t = 120 below 16 views: 12 or 25 steps per chain after the warm start
     steps = 12 if views >= 16 else 25
-    assert out.info["num_inference_steps"] == (400 if views >= 16 else 800)
+    assert out.info["num_inference_steps"] == (400 if views >= 16 else 200)
+    assert out.info["warm_start_fraction"] == (0.96875 if views >= 16 else 0.875)
     # one sample (TV consistency: samples agree), its chain run in four frames (slice, mirror, shift, both)
     assert out.info["nfe_per_sample"] == 4 * steps and len(out.info["consistency_steps"]) == steps
     assert out.info["n_samples"] == 1 and out.info["nfe"] == 4 * steps
@@ -790,25 +791,37 @@ def test_network_dtype_bfloat16(tiny_prior, tiny_problem):
                                prior=tiny_prior)
 
 
-def test_default_steps_follow_the_views(tiny_prior):
-    """``num_inference_steps: null`` (the default): 400 DDIM steps from 16 views, 800 below; a number is kept at any
-    view count, and so are the presets' schedules."""
+def test_default_schedule_follows_the_views(tiny_prior):
+    """``num_inference_steps: null`` and ``warm_start_fraction: null`` (the default): 400 DDIM steps entered at
+    0.96875 (t = 22) from 16 views, 200 entered at 0.875 (t = 120) below, 25 steps per chain there; a number is
+    kept at any view count (a fixed step count keeps the 0.96875 entry), and so are the presets' schedules."""
     from ctresample.config import load_config
-    from ctresample.methods.resample import FEW_VIEWS, for_views, steps_for
+    from ctresample.methods.resample import FEW_VIEWS, for_views, steps_for, warm_start_fraction_for
     from operators import ParallelBeamGeometry
 
     d = ResampleConfig()
-    assert d.num_inference_steps is None and FEW_VIEWS == 16
-    assert [steps_for(d, v) for v in (None, 25, 16, 15, 10)] == [400, 400, 400, 800, 800]
+    assert d.num_inference_steps is None and d.warm_start_fraction is None and FEW_VIEWS == 16
+    assert [steps_for(d, v) for v in (None, 25, 16, 15, 10)] == [400, 400, 400, 200, 200]
+    assert [warm_start_fraction_for(d, v) for v in (None, 25, 16, 15, 10)] == [0.96875] * 3 + [0.875] * 2
     assert nfe_per_sample(d) == nfe_per_sample(d, 25) == 48 and nfe_per_sample(d, 10) == 100
     assert steps_for(ResampleConfig(num_inference_steps=400), 10) == 400
-    assert for_views(load_config(ResampleConfig, "resample_10v"), 10).num_inference_steps == 200
-    assert for_views(load_config(ResampleConfig, "resample_full"), 25).num_inference_steps == 800
-    cfg = {**FAST, "warm_start": "fbp", "warm_start_fraction": 0.96875, "num_inference_steps": None}
-    for views, steps, nfe in ((10, 800, 25), (25, 400, 12)):
+    assert warm_start_fraction_for(ResampleConfig(num_inference_steps=800), 10) == 0.96875
+    assert warm_start_fraction_for(ResampleConfig(warm_start_fraction=0.9), 10) == 0.9
+    assert steps_for(ResampleConfig(warm_start_fraction=0.9), 10) == 200
+    ten = for_views(load_config(ResampleConfig, "resample_10v"), 10)
+    assert (ten.num_inference_steps, ten.warm_start_fraction) == (200, 0.875)
+    full = for_views(load_config(ResampleConfig, "resample_full"), 10)
+    assert (full.num_inference_steps, full.warm_start_fraction) == (800, 0.96875)
+    geom = ParallelBeamGeometry(image_size=32, n_views=10)
+    with pytest.raises(ValueError, match="warm_start_fraction"):
+        ctresample.reconstruct(projector_for(geom)(torch.zeros(1, 1, 32, 32)), geom, method="resample",
+                               config={**FAST, "warm_start_fraction": 1.0}, prior=tiny_prior)
+    cfg = {**FAST, "warm_start": "fbp", "warm_start_fraction": None, "num_inference_steps": None}
+    for views, steps, fraction, nfe in ((10, 200, 0.875, 25), (25, 400, 0.96875, 12)):
         geom = ParallelBeamGeometry(image_size=32, n_views=views)
         y = projector_for(geom)(torch.full((1, 1, 32, 32), 0.02))
         out = ctresample.reconstruct(y, geom, method="resample", config=cfg, prior=tiny_prior, generator=_gen(0))
+        assert out.info["warm_start_fraction"] == fraction, views
         assert out.info["num_inference_steps"] == steps and out.info["nfe"] == nfe, views
         # resample() on its own reads the views from the operator
         x, info = resample(tiny_prior, projector_for(geom), y, ResampleConfig(**cfg), _gen(0))
