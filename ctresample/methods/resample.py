@@ -895,7 +895,7 @@ def reconstruct_resample(sinogram, geometry: ParallelBeamGeometry, *, config=Non
     cfg = load_config(ResampleConfig, config, overrides=kwargs)
     if n_samples is not None:
         cfg = load_config(ResampleConfig, cfg, overrides={"n_samples": int(n_samples)})
-    cfg = for_views(cfg, geometry.n_views)  # the default's schedule: 400 steps from t = 22, or 200 from t = 120 below 16
+    cfg = for_views(cfg, geometry.n_views)  # the default: 400 steps from t = 22, 200 from t = 120 below 16 views
     y = sinogram.float()
     device = y.device
     prior = _common.resolve_prior(prior, cfg.prior, device, cfg.channels_last)

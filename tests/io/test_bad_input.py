@@ -36,7 +36,9 @@ def test_folder_without_dicom(tmp_path):
     d.mkdir()
     (d / "notes.txt").write_text("hello")
     (d / "image.png").write_bytes(b"\x89PNG....")
-    with pytest.raises(InputError, match=f"{d}: no DICOM image files"):
+    # the error names the folder; the warning before it says what was found and ignored
+    with pytest.raises(InputError, match=f"{d}: no DICOM image files"), \
+            pytest.warns(CTReadWarning, match="ignored 2 non-DICOM file"):
         read_image(d)
 
 
