@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import timeit  # noqa: E402
 
 from ctresample.methods.resample import AutocastPrior, resolve_network_dtype  # noqa: E402
 from ctresample.models.prior import LatentDiffusionPrior, load_prior  # noqa: E402
@@ -39,16 +40,6 @@ from ctresample.utils import tune_cpu_allocator  # noqa: E402
 
 MATMULS = ("mm", "addmm", "bmm", "baddbmm")  # with every "*convolution*" and "*scaled_dot_product*" op: the
 # kernels holding the counted FLOPs (self times, so nothing is counted twice)
-
-
-def _median_s(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _kernel_seconds(fn) -> float:
@@ -66,11 +57,11 @@ def _kernel_seconds(fn) -> float:
 
 
 def matmul_rate(n: int, dtype: torch.dtype, repeat: int) -> float:
-    """GFLOP/s of one ``n x n`` by ``n x n`` product in ``dtype`` (under autocast where not float32)."""
+    """GFLOP/s of one ``n x n`` by ``n x n`` product of tensors in ``dtype`` (median of ``repeat``)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     if dtype != torch.float32:
         a, b = a.to(dtype), b.to(dtype)
-    s = _median_s(lambda: a @ b, repeat)
+    s = timeit(lambda: a @ b, repeat=max(1, repeat))
     return 2 * n ** 3 / s / 1e9
 
 
@@ -90,7 +81,7 @@ def measure(prior: LatentDiffusionPrior, batch: int, dtype: torch.dtype | None, 
             with counter:
                 fn()
             flops = counter.get_total_flops()
-            s = _median_s(fn, repeat)
+            s = timeit(fn, repeat=max(1, repeat))
             kernel_s = _kernel_seconds(fn)
             rows.append({"network": name, "batch": batch, "gflop": flops / 1e9, "s": s,
                          "conv_share": min(1.0, kernel_s / s) if s > 0 else float("nan"),
